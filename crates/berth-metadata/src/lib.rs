@@ -1,0 +1,589 @@
+//! The metadata index: repositories, blobs and their links, manifests and what
+//! they reference, tags, referrers (manifests by subject) and upload sessions.
+//! Storage holds the content and a distribution-layout mirror of this; listing,
+//! referrers and validation read from here.
+//!
+//! Queries are written once with `$N` placeholders, which both SQLite and
+//! PostgreSQL accept, and run through sqlx's `Any` driver. SQLite writes go
+//! through a one-connection pool so writers never contend for the lock.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("corrupt metadata: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = MetadataError> = std::result::Result<T, E>;
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp column.
+pub fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRow {
+    pub digest: String,
+    pub media_type: String,
+    pub size: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferrerRow {
+    pub digest: String,
+    pub media_type: String,
+    pub size: i64,
+    pub artifact_type: Option<String>,
+    /// JSON object text, when the manifest has annotations.
+    pub annotations: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRow {
+    pub id: String,
+    pub repository: String,
+    pub size: i64,
+    pub hash_state: Vec<u8>,
+    pub started_at: i64,
+    pub updated_at: i64,
+}
+
+/// A manifest to record, with everything it references.
+#[derive(Debug, Clone)]
+pub struct NewManifest<'a> {
+    pub repository: &'a str,
+    pub digest: &'a str,
+    pub media_type: &'a str,
+    pub size: i64,
+    pub artifact_type: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub annotations: Option<String>,
+    /// Blobs (config, layers) that must be linked in the repository.
+    pub blobs: Vec<&'a str>,
+    /// Child manifests that must exist in the repository.
+    pub children: Vec<&'a str>,
+    pub tag: Option<&'a str>,
+    /// Skip the presence checks (import, where children may come later).
+    pub trust_references: bool,
+}
+
+/// Why a manifest could not be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutManifestOutcome {
+    Stored,
+    MissingBlob(String),
+    MissingManifest(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+}
+
+#[derive(Clone)]
+pub struct Metadata {
+    read: AnyPool,
+    write: AnyPool,
+    #[allow(dead_code)]
+    backend: Backend,
+}
+
+type SetupFuture<'c> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'c>>;
+
+fn sqlite_setup(conn: &mut sqlx::AnyConnection, _meta: sqlx::pool::PoolConnectionMetadata) -> SetupFuture<'_> {
+    Box::pin(async move {
+        // WAL lets readers run beside the writer; FULL makes each commit durable.
+        conn.execute("PRAGMA journal_mode=WAL").await?;
+        conn.execute("PRAGMA synchronous=FULL").await?;
+        conn.execute("PRAGMA busy_timeout=30000").await?;
+        conn.execute("PRAGMA foreign_keys=ON").await?;
+        Ok(())
+    })
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
+
+impl Metadata {
+    /// Opens (creating if needed) the embedded SQLite database at `path`.
+    /// Returns the handle and whether the database was created just now.
+    pub async fn open_sqlite(path: &Path) -> Result<(Self, bool)> {
+        sqlx::any::install_default_drivers();
+        let created = !path.exists();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| MetadataError::Corrupt(format!("{}: {e}", dir.display())))?;
+        }
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let opts = AnyConnectOptions::from_str(&url)?;
+        let setup = sqlite_setup;
+        let write = AnyPoolOptions::new().max_connections(1).after_connect(setup).connect_with(opts.clone()).await?;
+        let md = Metadata { read: write.clone(), write, backend: Backend::Sqlite };
+        md.migrate(SQLITE_MIGRATIONS).await?;
+        let read = AnyPoolOptions::new().max_connections(8).after_connect(setup).connect_with(opts).await?;
+        Ok((Metadata { read, ..md }, created))
+    }
+
+    async fn migrate(&self, migrations: &[(i64, &str)]) -> Result<()> {
+        let mut conn = self.write.acquire().await?;
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+        for (version, sql) in migrations {
+            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if done.is_some() {
+                continue;
+            }
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            tx.execute(*sql).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(version)
+                .bind(now_millis())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(version, "applied metadata migration");
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    // ---- key/value ----
+
+    pub async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT value FROM berth_meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.read)
+            .await?)
+    }
+
+    pub async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO berth_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    // ---- repositories ----
+
+    async fn ensure_repository(tx: &mut Transaction<'_, Any>, name: &str) -> Result<i64> {
+        sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(now_millis())
+            .execute(&mut **tx)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1").bind(name).fetch_one(&mut **tx).await?)
+    }
+
+    /// Repositories holding at least one manifest, in name order, after `last`.
+    pub async fn list_repositories(&self, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT name FROM repositories r WHERE name > $1 \
+             AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id) ORDER BY name LIMIT $2",
+        )
+        .bind(last.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    pub async fn count_repositories(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM repositories").fetch_one(&self.read).await?)
+    }
+
+    // ---- blobs ----
+
+    /// Size of a blob readable in `repo`: linked as a layer, or a manifest of it.
+    pub async fn repository_blob_size(&self, repo: &str, digest: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT b.size FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+               JOIN blobs b ON b.digest = rb.digest WHERE r.name = $1 AND rb.digest = $2 \
+             UNION ALL SELECT m.size FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+               WHERE r.name = $1 AND m.digest = $2 LIMIT 1",
+        )
+        .bind(repo)
+        .bind(digest)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    /// Size of a blob known anywhere in the store.
+    pub async fn blob_size(&self, digest: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.read)
+            .await?)
+    }
+
+    /// Records a blob and links it into `repo`.
+    pub async fn link_blob(&self, repo: &str, digest: &str, size: i64) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let repo_id = Self::ensure_repository(&mut tx, repo).await?;
+        let now = now_millis();
+        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(digest)
+            .bind(size)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (repository_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(digest)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a blob's link from `repo`. Returns whether it was linked.
+    pub async fn unlink_blob(&self, repo: &str, digest: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "DELETE FROM repository_blobs WHERE digest = $2 \
+             AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+        )
+        .bind(repo)
+        .bind(digest)
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // ---- manifests and tags ----
+
+    fn manifest_row(r: &AnyRow) -> Result<ManifestRow> {
+        Ok(ManifestRow { digest: r.try_get(0)?, media_type: r.try_get(1)?, size: r.try_get(2)? })
+    }
+
+    pub async fn get_manifest(&self, repo: &str, digest: &str) -> Result<Option<ManifestRow>> {
+        let row = sqlx::query(
+            "SELECT m.digest, m.media_type, m.size FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.name = $1 AND m.digest = $2",
+        )
+        .bind(repo)
+        .bind(digest)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(Self::manifest_row).transpose()
+    }
+
+    pub async fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<ManifestRow>> {
+        let row = sqlx::query(
+            "SELECT m.digest, m.media_type, m.size FROM tags t JOIN repositories r ON r.id = t.repository_id \
+             JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest \
+             WHERE r.name = $1 AND t.name = $2",
+        )
+        .bind(repo)
+        .bind(tag)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(Self::manifest_row).transpose()
+    }
+
+    /// Records a manifest, its references and optionally a tag, in one
+    /// transaction that first checks every referenced blob and child manifest
+    /// is present in the repository.
+    pub async fn put_manifest(&self, m: &NewManifest<'_>) -> Result<PutManifestOutcome> {
+        let mut tx = self.write.begin().await?;
+        let repo_id = Self::ensure_repository(&mut tx, m.repository).await?;
+        let checked_blobs: &[&str] = if m.trust_references { &[] } else { &m.blobs };
+        let checked_children: &[&str] = if m.trust_references { &[] } else { &m.children };
+        for b in checked_blobs {
+            let found: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2 \
+                 UNION ALL SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2 LIMIT 1",
+            )
+            .bind(repo_id)
+            .bind(*b)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if found.is_none() {
+                return Ok(PutManifestOutcome::MissingBlob((*b).to_owned()));
+            }
+        }
+        for c in checked_children {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2")
+                    .bind(repo_id)
+                    .bind(*c)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if found.is_none() {
+                return Ok(PutManifestOutcome::MissingManifest((*c).to_owned()));
+            }
+        }
+        let now = now_millis();
+        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(m.digest)
+            .bind(m.size)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (repository_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(m.digest)
+        .bind(m.media_type)
+        .bind(m.size)
+        .bind(m.artifact_type)
+        .bind(m.subject)
+        .bind(m.annotations.as_deref())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            let refs = m.blobs.iter().map(|b| (b, 0i64)).chain(m.children.iter().map(|c| (c, 1i64)));
+            for (child, is_manifest) in refs {
+                sqlx::query(
+                    "INSERT INTO manifest_references (repository_id, parent, child, child_is_manifest) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, parent, child) DO NOTHING",
+                )
+                .bind(repo_id)
+                .bind(m.digest)
+                .bind(*child)
+                .bind(is_manifest)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if let Some(tag) = m.tag {
+            sqlx::query(
+                "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            )
+            .bind(repo_id)
+            .bind(tag)
+            .bind(m.digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(PutManifestOutcome::Stored)
+    }
+
+    /// Deletes a manifest from a repository with the tags pointing at it.
+    /// Returns the removed tags, or None if the manifest was not there.
+    pub async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<Option<Vec<String>>> {
+        let mut tx = self.write.begin().await?;
+        let repo_id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(repo_id) = repo_id else {
+            return Ok(None);
+        };
+        let tags: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM tags WHERE repository_id = $1 AND digest = $2 ORDER BY name")
+                .bind(repo_id)
+                .bind(digest)
+                .fetch_all(&mut *tx)
+                .await?;
+        sqlx::query("DELETE FROM tags WHERE repository_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM manifest_references WHERE repository_id = $1 AND parent = $2")
+            .bind(repo_id)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok((n > 0).then_some(tags))
+    }
+
+    /// Points a tag at a manifest already recorded in the repository.
+    pub async fn set_tag(&self, repo: &str, tag: &str, digest: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO tags (repository_id, name, digest, updated_at) \
+             SELECT r.id, $2, $3, $4 FROM repositories r JOIN manifests m ON m.repository_id = r.id AND m.digest = $3 \
+             WHERE r.name = $1 \
+             ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+        )
+        .bind(repo)
+        .bind(tag)
+        .bind(digest)
+        .bind(now_millis())
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Removes a tag. Returns the digest it pointed at, if it existed.
+    pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<Option<String>> {
+        let mut tx = self.write.begin().await?;
+        let digest: Option<String> = sqlx::query_scalar(
+            "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repository_id WHERE r.name = $1 AND t.name = $2",
+        )
+        .bind(repo)
+        .bind(tag)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if digest.is_some() {
+            sqlx::query(
+                "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+            )
+            .bind(repo)
+            .bind(tag)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(digest)
+    }
+
+    /// Tags of a repository in name order after `last`; None when the
+    /// repository holds no manifest.
+    pub async fn list_tags(&self, repo: &str, last: Option<&str>, limit: i64) -> Result<Option<Vec<String>>> {
+        let known: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM repositories r WHERE r.name = $1 \
+             AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)",
+        )
+        .bind(repo)
+        .fetch_optional(&self.read)
+        .await?;
+        if known.is_none() {
+            return Ok(None);
+        }
+        let tags = sqlx::query_scalar(
+            "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id \
+             WHERE r.name = $1 AND t.name > $2 ORDER BY t.name LIMIT $3",
+        )
+        .bind(repo)
+        .bind(last.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(Some(tags))
+    }
+
+    /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
+    pub async fn referrers(&self, repo: &str, subject: &str, artifact_type: Option<&str>) -> Result<Vec<ReferrerRow>> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations FROM manifests m \
+             JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.name = $1 AND m.subject = $2 AND ($3 = '' OR m.artifact_type = $3) ORDER BY m.created_at, m.digest",
+        )
+        .bind(repo)
+        .bind(subject)
+        .bind(artifact_type.unwrap_or(""))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReferrerRow {
+                    digest: r.try_get(0)?,
+                    media_type: r.try_get(1)?,
+                    size: r.try_get(2)?,
+                    artifact_type: r.try_get(3)?,
+                    annotations: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- uploads ----
+
+    pub async fn create_upload(&self, u: &UploadRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO uploads (id, repository, size, hash_state, started_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&u.id)
+        .bind(&u.repository)
+        .bind(u.size)
+        .bind(&u.hash_state)
+        .bind(u.started_at)
+        .bind(u.updated_at)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    fn upload_row(r: &AnyRow) -> Result<UploadRow> {
+        Ok(UploadRow {
+            id: r.try_get(0)?,
+            repository: r.try_get(1)?,
+            size: r.try_get(2)?,
+            hash_state: r.try_get(3)?,
+            started_at: r.try_get(4)?,
+            updated_at: r.try_get(5)?,
+        })
+    }
+
+    pub async fn get_upload(&self, id: &str) -> Result<Option<UploadRow>> {
+        // Read from the writer so a status request sees the latest chunk.
+        let row =
+            sqlx::query("SELECT id, repository, size, hash_state, started_at, updated_at FROM uploads WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.write)
+                .await?;
+        row.as_ref().map(Self::upload_row).transpose()
+    }
+
+    /// Advances an upload from `from_size` to `size`. Returns false when the
+    /// upload is gone or was advanced by someone else meanwhile.
+    pub async fn advance_upload(&self, id: &str, from_size: i64, size: i64, hash_state: &[u8]) -> Result<bool> {
+        let r =
+            sqlx::query("UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3 WHERE id = $4 AND size = $5")
+                .bind(size)
+                .bind(hash_state)
+                .bind(now_millis())
+                .bind(id)
+                .bind(from_size)
+                .execute(&self.write)
+                .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn delete_upload(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&self.write).await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Uploads not touched since `before` (milliseconds).
+    pub async fn stale_uploads(&self, before: i64, limit: i64) -> Result<Vec<UploadRow>> {
+        let rows = sqlx::query(
+            "SELECT id, repository, size, hash_state, started_at, updated_at FROM uploads \
+             WHERE updated_at < $1 ORDER BY updated_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(Self::upload_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

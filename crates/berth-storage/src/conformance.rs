@@ -1,0 +1,99 @@
+//! The behaviour every driver must show, as one suite each driver's tests run.
+//! It panics on the first difference, naming the check.
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+
+use berth_types::{Digest, RepoName, Tag};
+
+use crate::{layout, StorageDriver, StorageError};
+
+async fn read_all(d: &dyn StorageDriver, p: &crate::StoragePath, offset: u64, len: Option<u64>) -> Vec<u8> {
+    let s = d.reader(p, offset, len).await.expect("reader opens");
+    let chunks: Vec<Bytes> = s.try_collect().await.expect("stream reads");
+    chunks.concat()
+}
+
+/// Runs every check against `d`, which must be empty.
+pub async fn run_all(d: &dyn StorageDriver) {
+    let name = RepoName::parse("conformance/repo").expect("valid name");
+    let digest = Digest::of_bytes(b"hello");
+    let blob = layout::blob_data(&digest);
+
+    // Missing files are NotFound for every read operation.
+    assert!(d.get_content(&blob).await.unwrap_err().is_not_found(), "get_content on missing file");
+    assert!(d.stat(&blob).await.unwrap_err().is_not_found(), "stat on missing file");
+    assert!(d.reader(&blob, 0, None).await.err().expect("reader on missing file fails").is_not_found());
+    assert!(d.list(&layout::repositories_root()).await.unwrap_err().is_not_found(), "list of missing dir");
+    assert!(d.delete(&blob).await.unwrap_err().is_not_found(), "delete of missing file");
+
+    // Whole-file put and get, overwrite replaces.
+    d.put_content(&blob, Bytes::from_static(b"hello")).await.expect("put_content");
+    assert_eq!(&d.get_content(&blob).await.expect("get")[..], b"hello");
+    let info = d.stat(&blob).await.expect("stat");
+    assert_eq!((info.size, info.is_dir), (5, false));
+    let link = layout::layer_link(&name, &digest);
+    d.put_content(&link, Bytes::from_static(b"old")).await.expect("put link");
+    d.put_content(&link, layout::link_content(&digest)).await.expect("overwrite link");
+    assert_eq!(layout::parse_link(&d.get_content(&link).await.expect("get link")), Some(digest.clone()));
+
+    // Ranged reads.
+    assert_eq!(read_all(d, &blob, 0, None).await, b"hello");
+    assert_eq!(read_all(d, &blob, 1, Some(3)).await, b"ell");
+    assert_eq!(read_all(d, &blob, 5, None).await, b"");
+    assert!(matches!(d.reader(&blob, 6, None).await, Err(StorageError::InvalidOffset { .. })), "read past end");
+    assert!(matches!(d.reader(&blob, 2, Some(10)).await, Err(StorageError::InvalidOffset { .. })), "range past end");
+
+    // Directories: stat and list show children, sorted.
+    let dir = d.stat(&layout::repo_root(&name)).await.expect("stat dir");
+    assert!(dir.is_dir, "repository root is a directory");
+    let t1 = Tag::parse("b").expect("tag");
+    let t2 = Tag::parse("a").expect("tag");
+    d.put_content(&layout::tag_current_link(&name, &t1), layout::link_content(&digest)).await.expect("tag b");
+    d.put_content(&layout::tag_current_link(&name, &t2), layout::link_content(&digest)).await.expect("tag a");
+    assert_eq!(d.list(&layout::tags_dir(&name)).await.expect("list tags"), vec!["a", "b"]);
+    let mut repos = d.list(&layout::repositories_root()).await.expect("list repos");
+    repos.sort();
+    assert_eq!(repos, vec!["conformance"]);
+
+    // Writers append at an offset, discard bytes past it, and refuse gaps.
+    let id = uuid::Uuid::new_v4();
+    let up = layout::upload_data(&name, &id);
+    let mut w = d.writer(&up, 0).await.expect("writer at 0");
+    w.write(vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def")]).await.expect("write");
+    assert_eq!(w.commit().await.expect("commit"), 6);
+    let mut w = d.writer(&up, 6).await.expect("writer at 6");
+    w.write(vec![Bytes::from_static(b"ghi")]).await.expect("write");
+    drop(w); // interrupted: never committed
+    let mut w = d.writer(&up, 6).await.expect("writer resumes at 6");
+    w.write(vec![Bytes::from_static(b"XY")]).await.expect("write");
+    assert_eq!(w.commit().await.expect("commit"), 8);
+    assert_eq!(read_all(d, &up, 0, None).await, b"abcdefXY");
+    assert!(matches!(d.writer(&up, 100).await, Err(StorageError::InvalidOffset { .. })), "writer past end");
+
+    // Rename moves atomically and replaces the target.
+    let target = layout::blob_data(&Digest::of_bytes(b"abcdefXY"));
+    d.put_content(&target, Bytes::from_static(b"stale")).await.expect("pre-existing target");
+    d.rename(&up, &target).await.expect("rename");
+    assert!(d.stat(&up).await.unwrap_err().is_not_found(), "source gone after rename");
+    assert_eq!(&d.get_content(&target).await.expect("target")[..], b"abcdefXY");
+    assert!(d.rename(&up, &target).await.unwrap_err().is_not_found(), "rename of missing file");
+
+    // Large writes in many chunks read back identically.
+    let big: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i| (i * 7 % 251) as u8).collect();
+    let bp = layout::upload_data(&name, &uuid::Uuid::new_v4());
+    let mut w = d.writer(&bp, 0).await.expect("big writer");
+    for c in big.chunks(100_000) {
+        w.write(vec![Bytes::copy_from_slice(c)]).await.expect("big write");
+    }
+    assert_eq!(w.commit().await.expect("big commit"), big.len() as u64);
+    assert_eq!(read_all(d, &bp, 0, None).await, big);
+    assert_eq!(read_all(d, &bp, 1_000_000, Some(2_000_000)).await, &big[1_000_000..3_000_000]);
+
+    // Recursive delete of a directory.
+    d.delete(&layout::repo_root(&name)).await.expect("delete repo dir");
+    assert!(d.stat(&layout::tag_current_link(&name, &t1)).await.unwrap_err().is_not_found(), "tree removed");
+    assert!(d.list(&layout::tags_dir(&name)).await.unwrap_err().is_not_found(), "dir removed");
+    d.delete(&blob).await.expect("delete file");
+    assert!(d.get_content(&blob).await.unwrap_err().is_not_found(), "file removed");
+}

@@ -1,0 +1,349 @@
+//! Filesystem driver. Durable writes go to a temporary file in `<root>/_berth/tmp`
+//! (same filesystem), are fsynced, renamed into place, and the directory is
+//! fsynced, so a crash leaves either the old file or the new one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream;
+
+use crate::{ByteStream, FileInfo, Result, StorageDriver, StorageError, StoragePath, StorageWriter};
+
+/// Size of each read when streaming a file out.
+const READ_CHUNK: usize = 256 * 1024;
+/// Temporary files older than this are leftovers of a crash.
+const STALE_TMP: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub struct FsDriver {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StorageError::Other(format!("blocking task failed: {e}")))?
+}
+
+impl FsDriver {
+    /// Opens (creating if needed) a store rooted at `root`, and removes
+    /// temporary files a crash may have left.
+    pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        let tmp = root.join("_berth").join("tmp");
+        fs::create_dir_all(&tmp)?;
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            let now = SystemTime::now();
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|m| now.duration_since(m).unwrap_or_default() > STALE_TMP)
+                    .unwrap_or(false);
+                if old {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(FsDriver { inner: Arc::new(Inner { root, tmp }) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    fn full(&self, p: &StoragePath) -> PathBuf {
+        self.inner.root.join(p.as_str())
+    }
+}
+
+/// Creates `dir` and any missing ancestors, fsyncing each parent whose entry
+/// was created so the new directories survive a crash.
+fn ensure_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        ensure_dir(parent)?;
+        match fs::create_dir(dir) {
+            Ok(()) => fsync_dir(parent)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn write_all_vectored(f: &mut File, chunks: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().filter(|c| !c.is_empty()).map(|c| IoSlice::new(c)).collect();
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        let n = f.write_vectored(bufs)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn put_content(&self, full: &Path, data: &[u8]) -> io::Result<()> {
+        let dir = full.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
+        ensure_dir(dir)?;
+        let tmp = self.tmp.join(uuid::Uuid::new_v4().simple().to_string());
+        let res = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_data()?;
+            fs::rename(&tmp, full)?;
+            fsync_dir(dir)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+}
+
+#[async_trait]
+impl StorageDriver for FsDriver {
+    fn name(&self) -> &'static str {
+        "filesystem"
+    }
+
+    async fn get_content(&self, path: &StoragePath) -> Result<Bytes> {
+        let full = self.full(path);
+        let p = path.clone();
+        blocking(move || fs::read(&full).map(Bytes::from).map_err(|e| StorageError::io(&p, e))).await
+    }
+
+    async fn put_content(&self, path: &StoragePath, data: Bytes) -> Result<()> {
+        let full = self.full(path);
+        let inner = self.inner.clone();
+        let p = path.clone();
+        blocking(move || inner.put_content(&full, &data).map_err(|e| StorageError::io(&p, e))).await
+    }
+
+    async fn stat(&self, path: &StoragePath) -> Result<FileInfo> {
+        let full = self.full(path);
+        let p = path.clone();
+        blocking(move || {
+            let m = fs::metadata(&full).map_err(|e| StorageError::io(&p, e))?;
+            Ok(FileInfo { size: if m.is_dir() { 0 } else { m.len() }, modified: m.modified().ok(), is_dir: m.is_dir() })
+        })
+        .await
+    }
+
+    async fn reader(&self, path: &StoragePath, offset: u64, len: Option<u64>) -> Result<ByteStream> {
+        let full = self.full(path);
+        let p = path.clone();
+        let (file, remaining) = blocking(move || {
+            let mut f = File::open(&full).map_err(|e| StorageError::io(&p, e))?;
+            let size = f.metadata().map_err(|e| StorageError::io(&p, e))?.len();
+            let end = match len {
+                Some(l) => offset.checked_add(l).unwrap_or(u64::MAX),
+                None => size,
+            };
+            if offset > size || end > size {
+                return Err(StorageError::InvalidOffset { path: p.to_string(), offset: end.max(offset), size });
+            }
+            f.seek(SeekFrom::Start(offset)).map_err(|e| StorageError::io(&p, e))?;
+            Ok((f, end - offset))
+        })
+        .await?;
+        Ok(read_stream(file, remaining, path.clone()))
+    }
+
+    async fn writer(&self, path: &StoragePath, offset: u64) -> Result<Box<dyn StorageWriter>> {
+        let full = self.full(path);
+        let p = path.clone();
+        let file = blocking(move || {
+            let open = || OpenOptions::new().write(true).create(offset == 0).truncate(false).open(&full);
+            let mut f = match open() {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && offset == 0 => {
+                    let dir = full.parent().ok_or_else(|| StorageError::Other("path has no parent".into()))?;
+                    ensure_dir(dir).map_err(|e| StorageError::io(&p, e))?;
+                    open()
+                }
+                other => other,
+            }
+            .map_err(|e| StorageError::io(&p, e))?;
+            let size = f.metadata().map_err(|e| StorageError::io(&p, e))?.len();
+            if size < offset {
+                return Err(StorageError::InvalidOffset { path: p.to_string(), offset, size });
+            }
+            if size > offset {
+                f.set_len(offset).map_err(|e| StorageError::io(&p, e))?;
+            }
+            f.seek(SeekFrom::Start(offset)).map_err(|e| StorageError::io(&p, e))?;
+            Ok(f)
+        })
+        .await?;
+        Ok(Box::new(FsWriter { file: Some(file), path: path.clone(), size: offset }))
+    }
+
+    async fn list(&self, path: &StoragePath) -> Result<Vec<String>> {
+        let full = self.full(path);
+        let p = path.clone();
+        blocking(move || {
+            let rd = fs::read_dir(&full).map_err(|e| StorageError::io(&p, e))?;
+            let mut names = Vec::new();
+            for e in rd {
+                let e = e.map_err(|e| StorageError::io(&p, e))?;
+                if let Ok(n) = e.file_name().into_string() {
+                    names.push(n);
+                }
+            }
+            names.sort_unstable();
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn delete(&self, path: &StoragePath) -> Result<()> {
+        let full = self.full(path);
+        let p = path.clone();
+        blocking(move || {
+            let m = fs::symlink_metadata(&full).map_err(|e| StorageError::io(&p, e))?;
+            let r = if m.is_dir() { fs::remove_dir_all(&full) } else { fs::remove_file(&full) };
+            match r {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io(&p, e)),
+            }
+            if let Some(dir) = full.parent() {
+                fsync_dir(dir).map_err(|e| StorageError::io(&p, e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {
+        let src = self.full(from);
+        let dst = self.full(to);
+        let (pf, pt) = (from.clone(), to.clone());
+        blocking(move || {
+            if !src.exists() {
+                return Err(StorageError::NotFound(pf.to_string()));
+            }
+            let dir = dst.parent().ok_or_else(|| StorageError::Other("path has no parent".into()))?;
+            ensure_dir(dir).map_err(|e| StorageError::io(&pt, e))?;
+            fs::rename(&src, &dst).map_err(|e| StorageError::io(&pf, e))?;
+            fsync_dir(dir).map_err(|e| StorageError::io(&pt, e))
+        })
+        .await
+    }
+}
+
+/// Reads `remaining` bytes in chunks on the blocking pool, one chunk ahead of
+/// the consumer, without holding a thread between chunks.
+fn read_stream(file: File, remaining: u64, path: StoragePath) -> ByteStream {
+    type Pending = tokio::task::JoinHandle<(File, io::Result<Bytes>)>;
+    fn spawn_read(mut file: File, want: usize) -> Pending {
+        tokio::task::spawn_blocking(move || {
+            let mut buf = BytesMut::zeroed(want);
+            let mut filled = 0;
+            while filled < want {
+                match file.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return (file, Err(e)),
+                }
+            }
+            if filled < want {
+                return (file, Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while reading")));
+            }
+            buf.truncate(filled);
+            (file, Ok(buf.freeze()))
+        })
+    }
+    let first = (remaining > 0).then(|| spawn_read(file, READ_CHUNK.min(remaining as usize)));
+    let state = (first, remaining, path);
+    Box::pin(stream::unfold(state, |(pending, remaining, path)| async move {
+        let pending = pending?;
+        let (file, res) = match pending.await {
+            Ok(r) => r,
+            Err(e) => return Some((Err(StorageError::Other(format!("read task failed: {e}"))), (None, 0, path))),
+        };
+        match res {
+            Ok(chunk) => {
+                let left = remaining - chunk.len() as u64;
+                let next = (left > 0).then(|| spawn_read(file, READ_CHUNK.min(left as usize)));
+                Some((Ok(chunk), (next, left, path)))
+            }
+            Err(e) => Some((Err(StorageError::io(&path, e)), (None, 0, path))),
+        }
+    }))
+}
+
+struct FsWriter {
+    file: Option<File>,
+    path: StoragePath,
+    size: u64,
+}
+
+#[async_trait]
+impl StorageWriter for FsWriter {
+    async fn write(&mut self, chunks: Vec<Bytes>) -> Result<()> {
+        let mut file = self.file.take().ok_or_else(|| StorageError::Other("writer already failed".into()))?;
+        let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let (file, res) = tokio::task::spawn_blocking(move || {
+            let r = write_all_vectored(&mut file, &chunks);
+            (file, r)
+        })
+        .await
+        .map_err(|e| StorageError::Other(format!("write task failed: {e}")))?;
+        res.map_err(|e| StorageError::io(&self.path, e))?;
+        self.file = Some(file);
+        self.size += n;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<u64> {
+        let file = self.file.take().ok_or_else(|| StorageError::Other("writer already failed".into()))?;
+        let size = self.size;
+        let p = self.path.clone();
+        blocking(move || file.sync_data().map_err(|e| StorageError::io(&p, e))).await?;
+        Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn filesystem_driver_passes_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = FsDriver::new(dir.path()).unwrap();
+        crate::conformance::run_all(&d).await;
+    }
+
+    #[tokio::test]
+    async fn files_land_in_distribution_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = FsDriver::new(dir.path()).unwrap();
+        let digest = berth_types::Digest::of_bytes(b"x");
+        d.put_content(&crate::layout::blob_data(&digest), Bytes::from_static(b"x")).await.unwrap();
+        let on_disk = dir.path().join("docker/registry/v2/blobs/sha256").join(&digest.hex()[..2]).join(digest.hex());
+        assert_eq!(fs::read(on_disk.join("data")).unwrap(), b"x");
+        // No temporary files are left behind.
+        assert_eq!(fs::read_dir(dir.path().join("_berth/tmp")).unwrap().count(), 0);
+    }
+}
