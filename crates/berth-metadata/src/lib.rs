@@ -75,6 +75,15 @@ pub struct NewManifest<'a> {
     pub trust_references: bool,
 }
 
+/// Everything found for one repository of an existing store.
+#[derive(Debug, Clone, Default)]
+pub struct ImportedRepository<'a> {
+    pub repository: &'a str,
+    pub blobs: Vec<(&'a str, i64)>,
+    pub manifests: Vec<NewManifest<'a>>,
+    pub tags: Vec<(&'a str, &'a str)>,
+}
+
 /// Why a manifest could not be recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutManifestOutcome {
@@ -333,12 +342,18 @@ impl Metadata {
                 return Ok(PutManifestOutcome::MissingManifest((*c).to_owned()));
             }
         }
+        Self::insert_manifest(&mut tx, repo_id, m).await?;
+        tx.commit().await?;
+        Ok(PutManifestOutcome::Stored)
+    }
+
+    async fn insert_manifest(tx: &mut Transaction<'_, Any>, repo_id: i64, m: &NewManifest<'_>) -> Result<()> {
         let now = now_millis();
         sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(m.digest)
             .bind(m.size)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         let inserted = sqlx::query(
             "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at) \
@@ -352,7 +367,7 @@ impl Metadata {
         .bind(m.subject)
         .bind(m.annotations.as_deref())
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
         if inserted > 0 {
@@ -366,7 +381,7 @@ impl Metadata {
                 .bind(m.digest)
                 .bind(*child)
                 .bind(is_manifest)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
         }
@@ -379,11 +394,55 @@ impl Metadata {
             .bind(tag)
             .bind(m.digest)
             .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Records everything found for one repository of an existing store, in
+    /// one transaction. Idempotent.
+    pub async fn import_repository(&self, imp: &ImportedRepository<'_>) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let repo_id = Self::ensure_repository(&mut tx, imp.repository).await?;
+        let now = now_millis();
+        for (digest, size) in &imp.blobs {
+            sqlx::query(
+                "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
+            )
+            .bind(*digest)
+            .bind(*size)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (repository_id, digest) DO NOTHING",
+            )
+            .bind(repo_id)
+            .bind(*digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for m in &imp.manifests {
+            Self::insert_manifest(&mut tx, repo_id, m).await?;
+        }
+        for (tag, digest) in &imp.tags {
+            sqlx::query(
+                "INSERT INTO tags (repository_id, name, digest, updated_at) \
+                 SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $3) \
+                 ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            )
+            .bind(repo_id)
+            .bind(*tag)
+            .bind(*digest)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        Ok(PutManifestOutcome::Stored)
+        Ok(())
     }
 
     /// Deletes a manifest from a repository with the tags pointing at it.

@@ -1,1 +1,623 @@
-//! placeholder
+//! The registry domain: upload sessions, blobs, manifests, tags, referrers,
+//! catalog, and import of an existing distribution store. It knows storage
+//! and metadata, never HTTP: bodies arrive as byte streams and results leave
+//! as plain values or [`RegistryError`].
+//!
+//! Write order, so that a crash never exposes what is not durable: content
+//! first (verified, atomically committed), then the distribution-layout links,
+//! then the metadata row. What the metadata says exists is always in storage.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use berth_metadata::{Metadata, NewManifest, PutManifestOutcome, UploadRow};
+use berth_storage::{layout, ByteStream, StorageDriver};
+use berth_types::{Descriptor, Digest, ManifestInfo, Reference, RepoName, Sha256State, Tag, MAX_MANIFEST_SIZE};
+use bytes::Bytes;
+use futures_util::Stream;
+use uuid::Uuid;
+
+mod error;
+pub mod import;
+mod ingest;
+
+pub use error::{RegistryError, Result};
+
+/// A request body as the registry sees it.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
+
+/// The policy switches of a registry (distribution's `storage.delete.enabled`
+/// and `storage.maintenance.readonly.enabled`).
+#[derive(Debug, Clone, Default)]
+pub struct RegistryConfig {
+    pub delete_enabled: bool,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub id: Uuid,
+    /// Bytes received so far.
+    pub size: u64,
+}
+
+/// A chunk's declared position: `Content-Range: start-end` (inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ManifestMeta {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub meta: ManifestMeta,
+    pub content: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct PutManifestResult {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+/// One page of a listing, and whether more follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<String>,
+    pub more: bool,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Arc<dyn StorageDriver>,
+    meta: Metadata,
+    config: RegistryConfig,
+    // Serialises requests on one upload within this process.
+    upload_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds an upload's lock and drops the map entry when the last holder leaves.
+struct UploadGuard {
+    registry: Registry,
+    id: Uuid,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        let mut locks = self.registry.inner.upload_locks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = locks.get(&self.id) {
+            // Two references: the map's and ours (the guard keeps the Arc alive).
+            if Arc::strong_count(l) <= 2 {
+                locks.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Registry {
+    pub fn new(storage: Arc<dyn StorageDriver>, meta: Metadata, config: RegistryConfig) -> Self {
+        Registry { inner: Arc::new(Inner { storage, meta, config, upload_locks: Mutex::new(HashMap::new()) }) }
+    }
+
+    pub fn storage(&self) -> &Arc<dyn StorageDriver> {
+        &self.inner.storage
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.inner.meta
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.inner.config
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.inner.config.read_only {
+            return Err(RegistryError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    fn check_delete(&self) -> Result<()> {
+        self.check_writable()?;
+        if !self.inner.config.delete_enabled {
+            return Err(RegistryError::Unsupported("deletes are disabled (storage.delete.enabled)".into()));
+        }
+        Ok(())
+    }
+
+    // ---- blobs ----
+
+    /// Size of a blob readable in `repo`.
+    pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobInfo> {
+        let size = self.inner.meta.repository_blob_size(repo.as_str(), digest.as_str()).await?;
+        size.map(|s| BlobInfo { size: s as u64 }).ok_or(RegistryError::BlobUnknown)
+    }
+
+    /// Streams a blob's bytes `[offset, offset+len)`; the caller has checked
+    /// the range against [`Registry::stat_blob`].
+    pub async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream> {
+        match self.inner.storage.reader(&layout::blob_data(digest), offset, Some(len)).await {
+            Ok(s) => Ok(s),
+            Err(e) if e.is_not_found() => {
+                tracing::error!(%digest, "blob recorded in metadata is missing from storage");
+                Err(RegistryError::BlobUnknown)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.check_delete()?;
+        if !self.inner.meta.unlink_blob(repo.as_str(), digest.as_str()).await? {
+            return Err(RegistryError::BlobUnknown);
+        }
+        ignore_missing(self.inner.storage.delete(&layout::layer_link(repo, digest)).await)?;
+        Ok(())
+    }
+
+    /// Links a blob readable in `from` into `repo`. None when `from` lacks it.
+    pub async fn mount_blob(&self, repo: &RepoName, from: &RepoName, digest: &Digest) -> Result<Option<BlobInfo>> {
+        self.check_writable()?;
+        let Some(size) = self.inner.meta.repository_blob_size(from.as_str(), digest.as_str()).await? else {
+            return Ok(None);
+        };
+        if let Err(e) = self.inner.storage.stat(&layout::blob_data(digest)).await {
+            if e.is_not_found() {
+                return Ok(None);
+            }
+            return Err(e.into());
+        }
+        self.link_blob(repo, digest, size as u64).await?;
+        Ok(Some(BlobInfo { size: size as u64 }))
+    }
+
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+        self.inner.storage.put_content(&layout::layer_link(repo, digest), layout::link_content(digest)).await?;
+        self.inner.meta.link_blob(repo.as_str(), digest.as_str(), size as i64).await?;
+        Ok(())
+    }
+
+    // ---- uploads ----
+
+    async fn lock_upload(&self, id: Uuid) -> UploadGuard {
+        let lock = {
+            let mut locks = self.inner.upload_locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(id).or_default().clone()
+        };
+        UploadGuard { registry: self.clone(), id, _guard: lock.lock_owned().await }
+    }
+
+    async fn upload_row(&self, repo: &RepoName, id: &Uuid) -> Result<UploadRow> {
+        match self.inner.meta.get_upload(&id.to_string()).await? {
+            Some(row) if row.repository == repo.as_str() => Ok(row),
+            _ => Err(RegistryError::BlobUploadUnknown),
+        }
+    }
+
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
+        self.check_writable()?;
+        let id = Uuid::new_v4();
+        let now = berth_metadata::now_millis();
+        self.inner
+            .meta
+            .create_upload(&UploadRow {
+                id: id.to_string(),
+                repository: repo.as_str().to_owned(),
+                size: 0,
+                hash_state: Sha256State::new().to_bytes(),
+                started_at: now,
+                updated_at: now,
+            })
+            .await?;
+        Ok(UploadStatus { id, size: 0 })
+    }
+
+    pub async fn upload_status(&self, repo: &RepoName, id: &Uuid) -> Result<UploadStatus> {
+        let row = self.upload_row(repo, id).await?;
+        Ok(UploadStatus { id: *id, size: row.size as u64 })
+    }
+
+    /// Checks a chunk's declared range against the upload's size and returns
+    /// the number of bytes the body must hold, if known.
+    fn chunk_limit(size: u64, range: Option<ChunkRange>, content_length: Option<u64>) -> Result<Option<u64>> {
+        let from_range = match range {
+            Some(r) if r.start != size || r.end < r.start => return Err(RegistryError::RangeInvalid { size }),
+            Some(r) => Some(r.end - r.start + 1),
+            None => None,
+        };
+        match (from_range, content_length) {
+            (Some(a), Some(b)) if a != b => Err(RegistryError::RangeInvalid { size }),
+            (a, b) => Ok(a.or(b)),
+        }
+    }
+
+    /// Appends a chunk. The upload advances only when the whole chunk is
+    /// durably stored; a failed chunk can be retried from the same offset.
+    pub async fn append_upload(
+        &self,
+        repo: &RepoName,
+        id: &Uuid,
+        range: Option<ChunkRange>,
+        content_length: Option<u64>,
+        body: BodyStream,
+    ) -> Result<UploadStatus> {
+        self.check_writable()?;
+        let _lock = self.lock_upload(*id).await;
+        let row = self.upload_row(repo, id).await?;
+        let size = row.size as u64;
+        let limit = Self::chunk_limit(size, range, content_length)?;
+        let state = Sha256State::from_bytes(&row.hash_state)
+            .map_err(|_| RegistryError::BlobUploadInvalid("corrupt upload state".into()))?;
+        let out = self.ingest_upload(repo, id, size, state, body, limit).await?;
+        let new_size = size + out.written;
+        if !self.inner.meta.advance_upload(&row.id, row.size, new_size as i64, &out.state.to_bytes()).await? {
+            return Err(RegistryError::RangeInvalid { size });
+        }
+        Ok(UploadStatus { id: *id, size: new_size })
+    }
+
+    async fn ingest_upload(
+        &self,
+        repo: &RepoName,
+        id: &Uuid,
+        offset: u64,
+        state: Sha256State,
+        body: BodyStream,
+        limit: Option<u64>,
+    ) -> Result<ingest::Ingested> {
+        let path = layout::upload_data(repo, id);
+        let out = ingest::ingest(self.inner.storage.as_ref(), &path, offset, state, body, limit).await.map_err(
+            |e| match e {
+                RegistryError::Storage(berth_storage::StorageError::InvalidOffset { .. })
+                | RegistryError::Storage(berth_storage::StorageError::NotFound(_)) => {
+                    RegistryError::BlobUploadInvalid("upload data is missing or shorter than recorded".into())
+                }
+                other => other,
+            },
+        )?;
+        if let Some(l) = limit {
+            if out.written != l {
+                return Err(RegistryError::SizeInvalid(format!("expected {l} bytes, got {}", out.written)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finishes an upload with an optional last chunk, verifies the digest and
+    /// commits the blob. A digest mismatch cancels the upload.
+    pub async fn complete_upload(
+        &self,
+        repo: &RepoName,
+        id: &Uuid,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        content_length: Option<u64>,
+        body: Option<BodyStream>,
+    ) -> Result<BlobInfo> {
+        self.check_writable()?;
+        let _lock = self.lock_upload(*id).await;
+        let row = self.upload_row(repo, id).await?;
+        let mut size = row.size as u64;
+        let mut state = Sha256State::from_bytes(&row.hash_state)
+            .map_err(|_| RegistryError::BlobUploadInvalid("corrupt upload state".into()))?;
+        let has_body = content_length != Some(0) && body.is_some();
+        let path = layout::upload_data(repo, id);
+        match body {
+            Some(body) if has_body => {
+                let limit = Self::chunk_limit(size, range, content_length)?;
+                let out = self.ingest_upload(repo, id, size, state, body, limit).await?;
+                size += out.written;
+                state = out.state;
+            }
+            _ => {
+                // Drops bytes a failed chunk may have left past the recorded
+                // size, and creates the file of an empty upload.
+                let w = self.inner.storage.writer(&path, size).await.map_err(|e| match e {
+                    berth_storage::StorageError::InvalidOffset { .. } | berth_storage::StorageError::NotFound(_) => {
+                        RegistryError::BlobUploadInvalid("upload data is missing or shorter than recorded".into())
+                    }
+                    other => other.into(),
+                })?;
+                w.commit().await?;
+            }
+        }
+        let actual = state.finish();
+        if actual != *digest {
+            self.remove_upload(repo, id).await?;
+            return Err(RegistryError::DigestInvalid(format!("expected {digest}, content is {actual}")));
+        }
+        self.commit_blob(repo, &path, digest, size).await?;
+        self.remove_upload(repo, id).await?;
+        Ok(BlobInfo { size })
+    }
+
+    /// Moves verified upload data into the blob store (or drops it when the
+    /// blob is already there) and links it into the repository.
+    async fn commit_blob(
+        &self,
+        repo: &RepoName,
+        upload: &berth_storage::StoragePath,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        let target = layout::blob_data(digest);
+        let present = match self.inner.storage.stat(&target).await {
+            Ok(info) => info.size == size,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !present {
+            self.inner.storage.rename(upload, &target).await?;
+        }
+        self.link_blob(repo, digest, size).await
+    }
+
+    async fn remove_upload(&self, repo: &RepoName, id: &Uuid) -> Result<()> {
+        self.inner.meta.delete_upload(&id.to_string()).await?;
+        ignore_missing(self.inner.storage.delete(&layout::upload_dir(repo, id)).await)?;
+        Ok(())
+    }
+
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &Uuid) -> Result<()> {
+        self.check_writable()?;
+        let _lock = self.lock_upload(*id).await;
+        self.upload_row(repo, id).await?;
+        self.remove_upload(repo, id).await
+    }
+
+    /// A whole blob in one request (`POST ...?digest=`).
+    pub async fn put_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        content_length: Option<u64>,
+        body: BodyStream,
+    ) -> Result<BlobInfo> {
+        let up = self.start_upload(repo).await?;
+        let res = self.complete_upload(repo, &up.id, digest, None, content_length, Some(body)).await;
+        if res.is_err() {
+            // Best effort: the purge job removes what this misses.
+            let _ = self.remove_upload(repo, &up.id).await;
+        }
+        res
+    }
+
+    /// Removes uploads untouched since `before_millis`. Returns how many.
+    pub async fn purge_uploads(&self, before_millis: i64, dry_run: bool) -> Result<usize> {
+        let mut purged = 0;
+        loop {
+            let stale = self.inner.meta.stale_uploads(before_millis, 500).await?;
+            if stale.is_empty() {
+                break;
+            }
+            let n = stale.len();
+            for row in stale {
+                let (Ok(repo), Ok(id)) = (RepoName::parse(&row.repository), Uuid::parse_str(&row.id)) else {
+                    self.inner.meta.delete_upload(&row.id).await?;
+                    continue;
+                };
+                if dry_run {
+                    tracing::info!(upload = %id, repository = %repo, "would purge stale upload");
+                } else {
+                    self.remove_upload(&repo, &id).await?;
+                }
+                purged += 1;
+            }
+            if dry_run || n < 500 {
+                break;
+            }
+        }
+        Ok(purged)
+    }
+
+    // ---- manifests ----
+
+    async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestMeta> {
+        let row = match reference {
+            Reference::Tag(t) => self.inner.meta.resolve_tag(repo.as_str(), t.as_str()).await?,
+            Reference::Digest(d) => self.inner.meta.get_manifest(repo.as_str(), d.as_str()).await?,
+        };
+        let row = row.ok_or(RegistryError::ManifestUnknown)?;
+        let digest = Digest::parse(&row.digest).map_err(|e| RegistryError::Internal(format!("stored digest: {e}")))?;
+        Ok(ManifestMeta { digest, media_type: row.media_type, size: row.size as u64 })
+    }
+
+    pub async fn stat_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestMeta> {
+        self.resolve(repo, reference).await
+    }
+
+    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest> {
+        let meta = self.resolve(repo, reference).await?;
+        let content = match self.inner.storage.get_content(&layout::blob_data(&meta.digest)).await {
+            Ok(c) => c,
+            Err(e) if e.is_not_found() => {
+                tracing::error!(digest = %meta.digest, "manifest recorded in metadata is missing from storage");
+                return Err(RegistryError::ManifestUnknown);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Manifest { meta, content })
+    }
+
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        content: Bytes,
+    ) -> Result<PutManifestResult> {
+        self.check_writable()?;
+        if content.len() > MAX_MANIFEST_SIZE {
+            return Err(RegistryError::ManifestTooLarge);
+        }
+        let info = ManifestInfo::parse(content_type, &content).map_err(|e| RegistryError::ManifestInvalid(e.0))?;
+        let digest = Digest::of_bytes(&content);
+        if let Reference::Digest(d) = reference {
+            if *d != digest {
+                return Err(RegistryError::DigestInvalid(format!("manifest digest is {digest}, not {d}")));
+            }
+        }
+        let tag = match reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        let blobs: Vec<&str> = info.required_blobs().map(|d| d.digest.as_str()).collect();
+        let children: Vec<&str> = info.manifests.iter().map(|d| d.digest.as_str()).collect();
+        let annotations = info.annotations.as_ref().and_then(|a| serde_json::to_string(a).ok());
+        let record = NewManifest {
+            repository: repo.as_str(),
+            digest: digest.as_str(),
+            media_type: &info.media_type,
+            size: content.len() as i64,
+            artifact_type: info.artifact_type.as_deref(),
+            subject: info.subject.as_ref().map(|s| s.digest.as_str()),
+            annotations,
+            blobs,
+            children,
+            tag: tag.map(Tag::as_str),
+            trust_references: false,
+        };
+        // Fail fast, before writing anything, when references are missing.
+        self.check_references(repo, &record).await?;
+
+        let storage = &self.inner.storage;
+        let blob_path = layout::blob_data(&digest);
+        let present = match storage.stat(&blob_path).await {
+            Ok(i) => i.size == content.len() as u64,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !present {
+            storage.put_content(&blob_path, content.clone()).await?;
+        }
+        storage.put_content(&layout::revision_link(repo, &digest), layout::link_content(&digest)).await?;
+        if let Some(t) = tag {
+            storage.put_content(&layout::tag_index_link(repo, t, &digest), layout::link_content(&digest)).await?;
+            storage.put_content(&layout::tag_current_link(repo, t), layout::link_content(&digest)).await?;
+        }
+        match self.inner.meta.put_manifest(&record).await? {
+            PutManifestOutcome::Stored => {}
+            // A concurrent delete removed a reference after the check above.
+            PutManifestOutcome::MissingBlob(d) | PutManifestOutcome::MissingManifest(d) => {
+                return Err(RegistryError::ManifestBlobUnknown(d));
+            }
+        }
+        Ok(PutManifestResult { digest, subject: info.subject.map(|s| s.digest) })
+    }
+
+    async fn check_references(&self, repo: &RepoName, m: &NewManifest<'_>) -> Result<()> {
+        for b in &m.blobs {
+            if self.inner.meta.repository_blob_size(repo.as_str(), b).await?.is_none() {
+                return Err(RegistryError::ManifestBlobUnknown((*b).to_owned()));
+            }
+        }
+        for c in &m.children {
+            if self.inner.meta.get_manifest(repo.as_str(), c).await?.is_none() {
+                return Err(RegistryError::ManifestBlobUnknown((*c).to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deleting by digest removes the manifest and every tag pointing at it;
+    /// deleting by tag removes only the tag.
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        self.check_delete()?;
+        let storage = &self.inner.storage;
+        match reference {
+            Reference::Tag(t) => {
+                if self.inner.meta.delete_tag(repo.as_str(), t.as_str()).await?.is_none() {
+                    return Err(RegistryError::ManifestUnknown);
+                }
+                ignore_missing(storage.delete(&layout::tag_dir(repo, t)).await)?;
+            }
+            Reference::Digest(d) => {
+                let Some(tags) = self.inner.meta.delete_manifest(repo.as_str(), d.as_str()).await? else {
+                    return Err(RegistryError::ManifestUnknown);
+                };
+                for t in tags.iter().filter_map(|t| Tag::parse(t).ok()) {
+                    ignore_missing(storage.delete(&layout::tag_dir(repo, &t)).await)?;
+                }
+                ignore_missing(storage.delete(&layout::revision_link(repo, d)).await)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- listings ----
+
+    /// Tags in lexical order after `last`; `n` None means all.
+    pub async fn list_tags(&self, repo: &RepoName, n: Option<u64>, last: Option<&str>) -> Result<Page> {
+        let limit = n.map(|n| n.min(i64::MAX as u64 - 1) as i64 + 1).unwrap_or(i64::MAX);
+        let mut items =
+            self.inner.meta.list_tags(repo.as_str(), last, limit).await?.ok_or(RegistryError::NameUnknown)?;
+        Ok(page(&mut items, n))
+    }
+
+    pub async fn catalog(&self, n: u64, last: Option<&str>) -> Result<Page> {
+        let mut items = self.inner.meta.list_repositories(last, n as i64 + 1).await?;
+        Ok(page(&mut items, Some(n)))
+    }
+
+    /// Manifests whose subject is `subject`, as descriptors for a referrers index.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
+        let rows = self.inner.meta.referrers(repo.as_str(), subject.as_str(), artifact_type).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let Ok(digest) = Digest::parse(&r.digest) else { continue };
+            out.push(Descriptor {
+                media_type: r.media_type,
+                digest,
+                size: r.size,
+                urls: None,
+                annotations: r.annotations.as_deref().and_then(|a| serde_json::from_str(a).ok()),
+                artifact_type: r.artifact_type,
+                platform: None,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn page(items: &mut Vec<String>, n: Option<u64>) -> Page {
+    let more = n.is_some_and(|n| items.len() as u64 > n);
+    if let Some(n) = n {
+        items.truncate(n as usize);
+    }
+    Page { items: std::mem::take(items), more }
+}
+
+fn ignore_missing(r: berth_storage::Result<()>) -> Result<()> {
+    match r {
+        Err(e) if !e.is_not_found() => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

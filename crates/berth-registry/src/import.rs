@@ -1,0 +1,180 @@
+//! Builds the metadata index from a store in distribution's layout: how an
+//! existing registry's data is served without copying it, and how a lost
+//! database is rebuilt. Idempotent: running it again changes nothing.
+
+use berth_metadata::{ImportedRepository, Metadata, NewManifest};
+use berth_storage::{layout, StorageDriver, StoragePath};
+use berth_types::{Digest, ManifestInfo, RepoName};
+
+use crate::error::Result;
+
+/// Receives progress as the import goes.
+pub trait ImportProgress: Send + Sync {
+    fn repositories_found(&self, _count: usize) {}
+    fn repository_done(&self, _name: &RepoName) {}
+    fn skipped(&self, _what: &str, _why: &str) {}
+}
+
+/// Ignores progress.
+pub struct Quiet;
+impl ImportProgress for Quiet {}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub repositories: usize,
+    pub blobs: usize,
+    pub manifests: usize,
+    pub tags: usize,
+    pub skipped: usize,
+}
+
+async fn list_or_empty(storage: &dyn StorageDriver, path: &StoragePath) -> Result<Vec<String>> {
+    match storage.list(path).await {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_not_found() => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every repository under `repositories/`: a directory holding `_manifests`,
+/// `_layers` or `_uploads`. Repositories nest (`a/b` and `a/b/c`).
+pub async fn find_repositories(storage: &dyn StorageDriver) -> Result<Vec<RepoName>> {
+    let mut found = Vec::new();
+    let mut stack = vec![layout::repositories_root()];
+    while let Some(dir) = stack.pop() {
+        let children = list_or_empty(storage, &dir).await?;
+        if children.iter().any(|c| c == "_manifests" || c == "_layers" || c == "_uploads") {
+            if let Some(name) = layout::repo_name_of(&dir) {
+                found.push(name);
+            }
+        }
+        for c in children.iter().filter(|c| !c.starts_with('_')) {
+            if let Some(child) = dir.child(c) {
+                stack.push(child);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+async fn read_link(storage: &dyn StorageDriver, path: &StoragePath) -> Option<Digest> {
+    storage.get_content(path).await.ok().and_then(|c| layout::parse_link(&c))
+}
+
+pub async fn import(
+    storage: &dyn StorageDriver,
+    meta: &Metadata,
+    progress: &dyn ImportProgress,
+) -> Result<ImportSummary> {
+    let repos = find_repositories(storage).await?;
+    progress.repositories_found(repos.len());
+    let mut summary = ImportSummary::default();
+    for repo in &repos {
+        import_repository(storage, meta, repo, progress, &mut summary).await?;
+        summary.repositories += 1;
+        progress.repository_done(repo);
+    }
+    Ok(summary)
+}
+
+struct FoundManifest {
+    digest: Digest,
+    info: ManifestInfo,
+    size: i64,
+    annotations: Option<String>,
+}
+
+async fn import_repository(
+    storage: &dyn StorageDriver,
+    meta: &Metadata,
+    repo: &RepoName,
+    progress: &dyn ImportProgress,
+    summary: &mut ImportSummary,
+) -> Result<()> {
+    let mut blobs: Vec<(String, i64)> = Vec::new();
+    for hex in list_or_empty(storage, &layout::layers_dir(repo)).await? {
+        let Some(link) = layout::layers_dir(repo).child(&hex).and_then(|d| d.child("link")) else { continue };
+        let Some(digest) = read_link(storage, &link).await else {
+            summary.skipped += 1;
+            progress.skipped(link.as_str(), "unreadable link");
+            continue;
+        };
+        match storage.stat(&layout::blob_data(&digest)).await {
+            Ok(info) => blobs.push((digest.to_string(), info.size as i64)),
+            Err(_) => {
+                summary.skipped += 1;
+                progress.skipped(digest.as_str(), "layer link to a missing blob");
+            }
+        }
+    }
+
+    let mut manifests: Vec<FoundManifest> = Vec::new();
+    for hex in list_or_empty(storage, &layout::revisions_dir(repo)).await? {
+        let Some(link) = layout::revisions_dir(repo).child(&hex).and_then(|d| d.child("link")) else { continue };
+        let Some(digest) = read_link(storage, &link).await else {
+            summary.skipped += 1;
+            progress.skipped(link.as_str(), "unreadable link");
+            continue;
+        };
+        let content = match storage.get_content(&layout::blob_data(&digest)).await {
+            Ok(c) => c,
+            Err(_) => {
+                summary.skipped += 1;
+                progress.skipped(digest.as_str(), "revision link to a missing manifest");
+                continue;
+            }
+        };
+        if Digest::of_bytes(&content) != digest {
+            summary.skipped += 1;
+            progress.skipped(digest.as_str(), "manifest content does not match its digest");
+            continue;
+        }
+        match ManifestInfo::parse(None, &content) {
+            Ok(info) => {
+                let annotations = info.annotations.as_ref().and_then(|a| serde_json::to_string(a).ok());
+                manifests.push(FoundManifest { digest, info, size: content.len() as i64, annotations });
+            }
+            Err(e) => {
+                summary.skipped += 1;
+                progress.skipped(digest.as_str(), &e.0);
+            }
+        }
+    }
+
+    let mut tags: Vec<(String, String)> = Vec::new();
+    for tag in list_or_empty(storage, &layout::tags_dir(repo)).await? {
+        let Ok(t) = berth_types::Tag::parse(&tag) else { continue };
+        if let Some(d) = read_link(storage, &layout::tag_current_link(repo, &t)).await {
+            tags.push((tag, d.to_string()));
+        }
+    }
+
+    let records: Vec<NewManifest<'_>> = manifests
+        .iter()
+        .map(|m| NewManifest {
+            repository: repo.as_str(),
+            digest: m.digest.as_str(),
+            media_type: &m.info.media_type,
+            size: m.size,
+            artifact_type: m.info.artifact_type.as_deref(),
+            subject: m.info.subject.as_ref().map(|s| s.digest.as_str()),
+            annotations: m.annotations.clone(),
+            blobs: m.info.required_blobs().map(|d| d.digest.as_str()).collect(),
+            children: m.info.manifests.iter().map(|d| d.digest.as_str()).collect(),
+            tag: None,
+            trust_references: true,
+        })
+        .collect();
+    summary.blobs += blobs.len();
+    summary.manifests += records.len();
+    summary.tags += tags.len();
+    meta.import_repository(&ImportedRepository {
+        repository: repo.as_str(),
+        blobs: blobs.iter().map(|(d, s)| (d.as_str(), *s)).collect(),
+        manifests: records,
+        tags: tags.iter().map(|(t, d)| (t.as_str(), d.as_str())).collect(),
+    })
+    .await?;
+    Ok(())
+}

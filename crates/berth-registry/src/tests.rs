@@ -1,0 +1,305 @@
+use std::sync::Arc;
+
+use berth_storage::fs::FsDriver;
+use futures_util::stream;
+
+use super::*;
+
+struct Env {
+    dir: tempfile::TempDir,
+    reg: Registry,
+}
+
+async fn open_at(dir: &std::path::Path, config: RegistryConfig) -> Registry {
+    let storage = Arc::new(FsDriver::new(dir.join("store")).unwrap());
+    let (meta, _) = Metadata::open_sqlite(&dir.join("meta.sqlite")).await.unwrap();
+    Registry::new(storage, meta, config)
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open_at(dir.path(), RegistryConfig { delete_enabled: true, read_only: false }).await;
+    Env { dir, reg }
+}
+
+fn body(parts: &[&[u8]]) -> BodyStream {
+    let v: Vec<Result<Bytes, io::Error>> = parts.iter().map(|p| Ok(Bytes::copy_from_slice(p))).collect();
+    Box::pin(stream::iter(v))
+}
+
+fn name(s: &str) -> RepoName {
+    RepoName::parse(s).unwrap()
+}
+
+async fn push_blob(reg: &Registry, repo: &RepoName, data: &[u8]) -> Digest {
+    let d = Digest::of_bytes(data);
+    reg.put_blob(repo, &d, Some(data.len() as u64), body(&[data])).await.unwrap();
+    d
+}
+
+fn image_manifest(config: &Digest, config_size: usize, layers: &[(&Digest, usize)]) -> Bytes {
+    let layers: Vec<String> = layers
+        .iter()
+        .map(|(d, s)| format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{s}}}"#))
+        .collect();
+    Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{config_size}}},"layers":[{}]}}"#,
+        berth_types::media::OCI_MANIFEST,
+        layers.join(",")
+    ))
+}
+
+#[tokio::test]
+async fn chunked_upload_resumes_after_restart_and_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = name("team/app");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let id = {
+        let reg = open_at(dir.path(), RegistryConfig::default()).await;
+        let up = reg.start_upload(&repo).await.unwrap();
+        let st = reg
+            .append_upload(&repo, &up.id, Some(ChunkRange { start: 0, end: 99_999 }), None, body(&[&data[..100_000]]))
+            .await
+            .unwrap();
+        assert_eq!(st.size, 100_000);
+        reg.metadata().close().await;
+        up.id
+    };
+    // A new process continues the same upload.
+    let reg = open_at(dir.path(), RegistryConfig::default()).await;
+    assert_eq!(reg.upload_status(&repo, &id).await.unwrap().size, 100_000);
+    let err = reg
+        .append_upload(&repo, &id, Some(ChunkRange { start: 0, end: 99 }), None, body(&[&data[..100]]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::RangeInvalid { size: 100_000 }), "{err:?}");
+    reg.append_upload(&repo, &id, None, None, body(&[&data[100_000..200_000]])).await.unwrap();
+    let digest = Digest::of_bytes(&data);
+    let info = reg.complete_upload(&repo, &id, &digest, None, None, Some(body(&[&data[200_000..]]))).await.unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    assert_eq!(reg.stat_blob(&repo, &digest).await.unwrap().size, data.len() as u64);
+    let stored = std::fs::read(
+        dir.path()
+            .join("store/docker/registry/v2/blobs/sha256")
+            .join(&digest.hex()[..2])
+            .join(digest.hex())
+            .join("data"),
+    )
+    .unwrap();
+    assert_eq!(stored, data);
+    assert!(matches!(reg.upload_status(&repo, &id).await, Err(RegistryError::BlobUploadUnknown)));
+    let link = dir
+        .path()
+        .join("store/docker/registry/v2/repositories/team/app/_layers/sha256")
+        .join(digest.hex())
+        .join("link");
+    assert_eq!(std::fs::read_to_string(link).unwrap(), digest.as_str());
+}
+
+#[tokio::test]
+async fn a_failed_chunk_leaves_the_upload_where_it_was() {
+    let e = env().await;
+    let repo = name("r");
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    e.reg.append_upload(&repo, &up.id, None, None, body(&[b"hello "])).await.unwrap();
+    let failing: BodyStream = Box::pin(stream::iter(vec![
+        Ok(Bytes::from_static(b"garbage that")),
+        Err(io::Error::new(io::ErrorKind::ConnectionReset, "client went away")),
+    ]));
+    assert!(e.reg.append_upload(&repo, &up.id, None, None, failing).await.is_err());
+    assert_eq!(e.reg.upload_status(&repo, &up.id).await.unwrap().size, 6);
+    // A declared length that the body does not match is refused too.
+    let short = e.reg.append_upload(&repo, &up.id, Some(ChunkRange { start: 6, end: 20 }), None, body(&[b"abc"])).await;
+    assert!(matches!(short, Err(RegistryError::SizeInvalid(_))), "{short:?}");
+    let d = Digest::of_bytes(b"hello world");
+    e.reg.complete_upload(&repo, &up.id, &d, None, None, Some(body(&[b"world"]))).await.unwrap();
+    let got = e.reg.read_blob(&d, 0, 11).await.unwrap();
+    let bytes: Vec<Bytes> = futures_util::TryStreamExt::try_collect(got).await.unwrap();
+    assert_eq!(bytes.concat(), b"hello world");
+}
+
+#[tokio::test]
+async fn digest_mismatch_cancels_and_stores_nothing() {
+    let e = env().await;
+    let repo = name("r");
+    let wrong = Digest::of_bytes(b"other");
+    let err = e.reg.put_blob(&repo, &wrong, None, body(&[b"content"])).await.unwrap_err();
+    assert!(matches!(err, RegistryError::DigestInvalid(_)));
+    assert!(matches!(e.reg.stat_blob(&repo, &wrong).await, Err(RegistryError::BlobUnknown)));
+    let actual = Digest::of_bytes(b"content");
+    assert!(matches!(e.reg.stat_blob(&repo, &actual).await, Err(RegistryError::BlobUnknown)));
+    assert!(!e.dir.path().join("store/docker/registry/v2/blobs").exists(), "no blob data written");
+    let uploads = e.dir.path().join("store/docker/registry/v2/repositories/r/_uploads");
+    assert_eq!(std::fs::read_dir(uploads).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+#[tokio::test]
+async fn empty_blob_can_be_uploaded() {
+    let e = env().await;
+    let repo = name("r");
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    let d = Digest::of_bytes(b"");
+    e.reg.complete_upload(&repo, &up.id, &d, None, Some(0), None).await.unwrap();
+    assert_eq!(e.reg.stat_blob(&repo, &d).await.unwrap().size, 0);
+}
+
+#[tokio::test]
+async fn mount_links_only_blobs_the_source_has() {
+    let e = env().await;
+    let (a, b) = (name("a"), name("b"));
+    let d = push_blob(&e.reg, &a, b"layer").await;
+    assert!(e.reg.mount_blob(&b, &name("c"), &d).await.unwrap().is_none());
+    assert_eq!(e.reg.mount_blob(&b, &a, &d).await.unwrap(), Some(BlobInfo { size: 5 }));
+    assert_eq!(e.reg.stat_blob(&b, &d).await.unwrap().size, 5);
+}
+
+#[tokio::test]
+async fn manifests_round_trip_byte_exact_and_need_their_blobs() {
+    let e = env().await;
+    let repo = name("app");
+    let config = push_blob(&e.reg, &repo, b"{}").await;
+    let missing = Digest::of_bytes(b"missing layer");
+    let m = image_manifest(&config, 2, &[(&missing, 13)]);
+    let tag = Reference::parse("v1").unwrap();
+    let err = e.reg.put_manifest(&repo, &tag, Some(berth_types::media::OCI_MANIFEST), m).await.unwrap_err();
+    assert!(matches!(err, RegistryError::ManifestBlobUnknown(ref d) if d == missing.as_str()), "{err:?}");
+    assert!(!e.dir.path().join("store/docker/registry/v2/repositories/app/_manifests").exists());
+
+    let layer = push_blob(&e.reg, &repo, b"missing layer").await;
+    let m = image_manifest(&config, 2, &[(&layer, 13)]);
+    let res = e.reg.put_manifest(&repo, &tag, None, m.clone()).await.unwrap();
+    assert_eq!(res.digest, Digest::of_bytes(&m));
+    let got = e.reg.get_manifest(&repo, &tag).await.unwrap();
+    assert_eq!(got.content, m);
+    assert_eq!(got.meta.media_type, berth_types::media::OCI_MANIFEST);
+    let by_digest = e.reg.get_manifest(&repo, &Reference::Digest(res.digest.clone())).await.unwrap();
+    assert_eq!(by_digest.content, m);
+
+    // Wrong digest in the URL.
+    let err = e.reg.put_manifest(&repo, &Reference::Digest(config.clone()), None, m.clone()).await.unwrap_err();
+    assert!(matches!(err, RegistryError::DigestInvalid(_)));
+
+    // Deleting the tag untags only.
+    e.reg.delete_manifest(&repo, &tag).await.unwrap();
+    assert!(matches!(e.reg.get_manifest(&repo, &tag).await, Err(RegistryError::ManifestUnknown)));
+    e.reg.get_manifest(&repo, &Reference::Digest(res.digest.clone())).await.unwrap();
+    e.reg.delete_manifest(&repo, &Reference::Digest(res.digest.clone())).await.unwrap();
+    assert!(matches!(
+        e.reg.get_manifest(&repo, &Reference::Digest(res.digest)).await,
+        Err(RegistryError::ManifestUnknown)
+    ));
+}
+
+#[tokio::test]
+async fn deletes_and_writes_obey_the_switches() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open_at(dir.path(), RegistryConfig { delete_enabled: false, read_only: false }).await;
+    let repo = name("r");
+    let d = push_blob(&reg, &repo, b"x").await;
+    assert!(matches!(reg.delete_blob(&repo, &d).await, Err(RegistryError::Unsupported(_))));
+    reg.metadata().close().await;
+    let reg = open_at(dir.path(), RegistryConfig { delete_enabled: true, read_only: true }).await;
+    assert!(matches!(reg.start_upload(&repo).await, Err(RegistryError::ReadOnly)));
+    assert!(matches!(reg.delete_blob(&repo, &d).await, Err(RegistryError::ReadOnly)));
+    assert_eq!(reg.stat_blob(&repo, &d).await.unwrap().size, 1, "reads still work");
+}
+
+#[tokio::test]
+async fn concurrent_pushes_of_the_same_blob_and_tag_stay_consistent() {
+    let e = env().await;
+    let repo = name("shared");
+    let data = Bytes::from(vec![7u8; 2_000_000]);
+    let digest = Digest::of_bytes(&data);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let reg = e.reg.clone();
+        let repo = repo.clone();
+        let data = data.clone();
+        let digest = digest.clone();
+        tasks.push(tokio::spawn(async move {
+            let parts: Vec<Result<Bytes, io::Error>> =
+                data.chunks(100_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            reg.put_blob(&repo, &digest, None, Box::pin(stream::iter(parts))).await.unwrap();
+            let m = image_manifest(&digest, data.len(), &[]);
+            reg.put_manifest(&repo, &Reference::parse("latest").unwrap(), None, m).await.unwrap();
+            i
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(e.reg.stat_blob(&repo, &digest).await.unwrap().size, 2_000_000);
+    let s = e.reg.read_blob(&digest, 0, 2_000_000).await.unwrap();
+    let got: Vec<Bytes> = futures_util::TryStreamExt::try_collect(s).await.unwrap();
+    assert_eq!(Digest::of_bytes(&got.concat()), digest);
+    let tags = e.reg.list_tags(&repo, None, None).await.unwrap();
+    assert_eq!(tags.items, vec!["latest"]);
+}
+
+#[tokio::test]
+async fn listings_paginate() {
+    let e = env().await;
+    for r in ["b", "a", "c"] {
+        let repo = name(r);
+        let config = push_blob(&e.reg, &repo, b"{}").await;
+        for t in ["t3", "t1", "t2"] {
+            let m = image_manifest(&config, 2, &[]);
+            e.reg.put_manifest(&repo, &Reference::parse(t).unwrap(), None, m).await.unwrap();
+        }
+    }
+    assert_eq!(e.reg.catalog(2, None).await.unwrap(), Page { items: vec!["a".into(), "b".into()], more: true });
+    assert_eq!(e.reg.catalog(2, Some("b")).await.unwrap(), Page { items: vec!["c".into()], more: false });
+    let t = e.reg.list_tags(&name("a"), Some(1), Some("t1")).await.unwrap();
+    assert_eq!(t, Page { items: vec!["t2".into()], more: true });
+    assert!(matches!(e.reg.list_tags(&name("zzz"), None, None).await, Err(RegistryError::NameUnknown)));
+}
+
+#[tokio::test]
+async fn import_rebuilds_the_index_from_storage() {
+    let e = env().await;
+    let repo = name("lib/app");
+    let config = push_blob(&e.reg, &repo, b"{\"a\":1}").await;
+    let layer = push_blob(&e.reg, &repo, b"layer bytes").await;
+    let m = image_manifest(&config, 7, &[(&layer, 11)]);
+    let res = e.reg.put_manifest(&repo, &Reference::parse("v1").unwrap(), None, m.clone()).await.unwrap();
+    let index = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","digest":"{}","size":{}}}]}}"#,
+        berth_types::media::OCI_INDEX,
+        berth_types::media::OCI_MANIFEST,
+        res.digest,
+        m.len()
+    ));
+    e.reg.put_manifest(&repo, &Reference::parse("multi").unwrap(), None, index).await.unwrap();
+    e.reg.metadata().close().await;
+
+    // A fresh database over the same store.
+    std::fs::remove_file(e.dir.path().join("meta.sqlite")).unwrap();
+    let _ = std::fs::remove_file(e.dir.path().join("meta.sqlite-wal"));
+    let _ = std::fs::remove_file(e.dir.path().join("meta.sqlite-shm"));
+    let reg = open_at(e.dir.path(), RegistryConfig::default()).await;
+    assert!(matches!(reg.list_tags(&repo, None, None).await, Err(RegistryError::NameUnknown)));
+    let summary = import::import(reg.storage().as_ref(), reg.metadata(), &import::Quiet).await.unwrap();
+    assert_eq!(summary, import::ImportSummary { repositories: 1, blobs: 2, manifests: 2, tags: 2, skipped: 0 });
+    assert_eq!(reg.list_tags(&repo, None, None).await.unwrap().items, vec!["multi", "v1"]);
+    assert_eq!(reg.get_manifest(&repo, &Reference::parse("v1").unwrap()).await.unwrap().content, m);
+    assert_eq!(reg.stat_blob(&repo, &layer).await.unwrap().size, 11);
+    // Idempotent.
+    let again = import::import(reg.storage().as_ref(), reg.metadata(), &import::Quiet).await.unwrap();
+    assert_eq!(again, summary);
+    assert_eq!(reg.catalog(10, None).await.unwrap().items, vec!["lib/app"]);
+}
+
+#[tokio::test]
+async fn stale_uploads_are_purged() {
+    let e = env().await;
+    let repo = name("r");
+    let up = e.reg.start_upload(&repo).await.unwrap();
+    e.reg.append_upload(&repo, &up.id, None, None, body(&[b"abc"])).await.unwrap();
+    assert_eq!(e.reg.purge_uploads(0, false).await.unwrap(), 0, "fresh uploads stay");
+    let future = berth_metadata::now_millis() + 1000;
+    assert_eq!(e.reg.purge_uploads(future, true).await.unwrap(), 1);
+    assert!(e.reg.upload_status(&repo, &up.id).await.is_ok(), "dry run keeps it");
+    assert_eq!(e.reg.purge_uploads(future, false).await.unwrap(), 1);
+    assert!(matches!(e.reg.upload_status(&repo, &up.id).await, Err(RegistryError::BlobUploadUnknown)));
+    assert!(!e.dir.path().join("store/docker/registry/v2/repositories/r/_uploads").join(up.id.to_string()).exists());
+}
