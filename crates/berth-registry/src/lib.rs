@@ -13,10 +13,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use berth_metadata::{Metadata, NewManifest, PutManifestOutcome, UploadRow};
-use berth_storage::{layout, ByteStream, StorageDriver};
+use berth_storage::{layout, StorageDriver};
 use berth_types::{Descriptor, Digest, ManifestInfo, Reference, RepoName, Sha256State, Tag, MAX_MANIFEST_SIZE};
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, TryStreamExt};
 use uuid::Uuid;
 
 mod error;
@@ -25,7 +25,7 @@ mod ingest;
 
 pub use error::{RegistryError, Result};
 
-/// A request body as the registry sees it.
+/// A stream of bytes in or out of the registry: a request body, or a blob's content.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
 /// The policy switches of a registry (distribution's `storage.delete.enabled`
@@ -155,9 +155,12 @@ impl Registry {
 
     /// Streams a blob's bytes `[offset, offset+len)`; the caller has checked
     /// the range against [`Registry::stat_blob`].
-    pub async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream> {
+    pub async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> Result<BodyStream> {
         match self.inner.storage.reader(&layout::blob_data(digest), offset, Some(len)).await {
-            Ok(s) => Ok(s),
+            Ok(s) => Ok(Box::pin(s.map_err(|e| {
+                tracing::error!(error = %e, "blob read failed mid-stream");
+                io::Error::other(e)
+            }))),
             Err(e) if e.is_not_found() => {
                 tracing::error!(%digest, "blob recorded in metadata is missing from storage");
                 Err(RegistryError::BlobUnknown)
@@ -246,7 +249,9 @@ impl Registry {
             None => None,
         };
         match (from_range, content_length) {
-            (Some(a), Some(b)) if a != b => Err(RegistryError::RangeInvalid { size }),
+            (Some(a), Some(b)) if a != b => {
+                Err(RegistryError::SizeInvalid(format!("Content-Range covers {a} bytes, Content-Length says {b}")))
+            }
             (a, b) => Ok(a.or(b)),
         }
     }

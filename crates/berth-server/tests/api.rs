@@ -1,0 +1,736 @@
+//! In-process API tests: the router over a real filesystem store and SQLite
+//! database in a temporary directory, driven request by request.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use berth_metadata::Metadata;
+use berth_registry::{Registry, RegistryConfig};
+use berth_server::ServerConfig;
+use berth_storage::fs::FsDriver;
+use berth_types::{media, Digest};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+struct TestApp {
+    dir: tempfile::TempDir,
+    router: Router,
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The first OCI error code of an error response.
+    fn code(&self) -> String {
+        self.json()["errors"][0]["code"].as_str().unwrap_or("").to_owned()
+    }
+
+    #[track_caller]
+    fn expect(&self, status: u16) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "body: {}", String::from_utf8_lossy(&self.body));
+        self
+    }
+
+    #[track_caller]
+    fn expect_error(&self, status: u16, code: &str) -> &Self {
+        self.expect(status);
+        assert_eq!(self.header("content-type"), "application/json");
+        assert_eq!(self.code(), code, "body: {}", String::from_utf8_lossy(&self.body));
+        self
+    }
+}
+
+impl TestApp {
+    async fn new() -> Self {
+        Self::with(RegistryConfig { delete_enabled: true, read_only: false }, ServerConfig::default()).await
+    }
+
+    async fn with(rc: RegistryConfig, sc: ServerConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::at(dir, rc, sc).await
+    }
+
+    async fn at(dir: tempfile::TempDir, rc: RegistryConfig, sc: ServerConfig) -> Self {
+        let router = Self::open(dir.path(), rc, sc).await;
+        TestApp { dir, router }
+    }
+
+    async fn open(dir: &std::path::Path, rc: RegistryConfig, sc: ServerConfig) -> Router {
+        let storage = Arc::new(FsDriver::new(dir.join("store")).unwrap());
+        let (meta, _) = Metadata::open_sqlite(&dir.join("meta.sqlite")).await.unwrap();
+        berth_server::router(Registry::new(storage, meta, rc), sc)
+    }
+
+    async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
+        let mut b = Request::builder().method(method).uri(uri).header("host", "registry.test:5000");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = self.router.clone().oneshot(b.body(Body::from(body.into())).unwrap()).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        assert_eq!(
+            parts.headers.get("docker-distribution-api-version").map(|v| v.to_str().unwrap()),
+            Some("registry/2.0"),
+            "every response carries the API version"
+        );
+        Resp { status: parts.status, headers: parts.headers, body }
+    }
+
+    async fn get(&self, uri: &str) -> Resp {
+        self.send(Method::GET, uri, &[], Bytes::new()).await
+    }
+
+    async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
+        let d = Digest::of_bytes(data);
+        self.send(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={d}"), &[], data.to_vec()).await.expect(201);
+        d
+    }
+
+    async fn push_manifest(&self, repo: &str, reference: &str, ct: &str, body: &[u8]) -> Resp {
+        self.send(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"), &[("content-type", ct)], body.to_vec())
+            .await
+    }
+
+    /// Pushes a config and one layer and an OCI image manifest naming them.
+    async fn push_image(&self, repo: &str, tag: &str, layer: &[u8]) -> (Digest, Vec<u8>) {
+        let config = self.push_blob(repo, b"{\"architecture\":\"amd64\",\"os\":\"linux\"}").await;
+        let l = self.push_blob(repo, layer).await;
+        let m = image_manifest(&config, 37, &[(&l, layer.len())], None, None);
+        self.push_manifest(repo, tag, media::OCI_MANIFEST, &m).await.expect(201);
+        (Digest::of_bytes(&m), m)
+    }
+}
+
+fn image_manifest(
+    config: &Digest,
+    config_size: usize,
+    layers: &[(&Digest, usize)],
+    subject: Option<(&Digest, usize)>,
+    artifact_type: Option<&str>,
+) -> Vec<u8> {
+    let layers: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(d, s)| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d.as_str(), "size": s}))
+        .collect();
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.as_str(), "size": config_size},
+        "layers": layers,
+    });
+    if let Some((d, s)) = subject {
+        m["subject"] = serde_json::json!({"mediaType": media::OCI_MANIFEST, "digest": d.as_str(), "size": s});
+    }
+    if let Some(t) = artifact_type {
+        m["artifactType"] = serde_json::json!(t);
+        m["annotations"] = serde_json::json!({"org.example.kind": t});
+    }
+    serde_json::to_vec_pretty(&m).unwrap()
+}
+
+#[tokio::test]
+async fn base_endpoint_answers_200_json() {
+    let app = TestApp::new().await;
+    for uri in ["/v2/", "/v2"] {
+        let r = app.get(uri).await;
+        r.expect(200);
+        assert_eq!(r.header("content-type"), "application/json");
+        assert_eq!(&r.body[..], b"{}");
+    }
+    app.send(Method::HEAD, "/v2/", &[], Bytes::new()).await.expect(200);
+    app.get("/nope").await.expect(404);
+}
+
+#[tokio::test]
+async fn monolithic_push_then_head_and_get() {
+    let app = TestApp::new().await;
+    let data = b"some layer content".to_vec();
+    let d = Digest::of_bytes(&data);
+    let r = app.send(Method::POST, &format!("/v2/a/b/blobs/uploads/?digest={d}"), &[], data.clone()).await;
+    r.expect(201);
+    assert_eq!(r.header("location"), format!("http://registry.test:5000/v2/a/b/blobs/{d}"));
+    assert_eq!(r.header("docker-content-digest"), d.as_str());
+
+    let h = app.send(Method::HEAD, &format!("/v2/a/b/blobs/{d}"), &[], Bytes::new()).await;
+    h.expect(200);
+    assert_eq!(h.header("content-length"), data.len().to_string());
+    assert_eq!(h.header("docker-content-digest"), d.as_str());
+    assert_eq!(h.header("content-type"), "application/octet-stream");
+    assert!(h.body.is_empty());
+
+    let g = app.get(&format!("/v2/a/b/blobs/{d}")).await;
+    g.expect(200);
+    assert_eq!(&g.body[..], &data[..]);
+    assert_eq!(g.header("etag"), format!("\"{d}\""));
+
+    // Not linked into another repository.
+    app.get(&format!("/v2/other/blobs/{d}")).await.expect_error(404, "BLOB_UNKNOWN");
+    // A percent-encoded colon is the same digest.
+    app.get(&format!("/v2/a/b/blobs/{}", d.as_str().replace(':', "%3A"))).await.expect(200);
+    // Conditional GET.
+    app.send(Method::GET, &format!("/v2/a/b/blobs/{d}"), &[("if-none-match", &format!("\"{d}\""))], Bytes::new())
+        .await
+        .expect(304);
+}
+
+#[tokio::test]
+async fn blob_ranges_answer_206_or_416() {
+    let app = TestApp::new().await;
+    let data: Vec<u8> = (0..1000u32).map(|i| (i % 256) as u8).collect();
+    let d = app.push_blob("r", &data).await;
+    let uri = format!("/v2/r/blobs/{d}");
+    let r = app.send(Method::GET, &uri, &[("range", "bytes=10-19")], Bytes::new()).await;
+    r.expect(206);
+    assert_eq!(&r.body[..], &data[10..20]);
+    assert_eq!(r.header("content-range"), "bytes 10-19/1000");
+    assert_eq!(r.header("content-length"), "10");
+    let r = app.send(Method::GET, &uri, &[("range", "bytes=990-")], Bytes::new()).await;
+    r.expect(206);
+    assert_eq!(&r.body[..], &data[990..]);
+    let r = app.send(Method::GET, &uri, &[("range", "bytes=-5")], Bytes::new()).await;
+    r.expect(206);
+    assert_eq!(&r.body[..], &data[995..]);
+    let r = app.send(Method::GET, &uri, &[("range", "bytes=995-5000")], Bytes::new()).await;
+    r.expect(206);
+    assert_eq!(r.header("content-range"), "bytes 995-999/1000");
+    let r = app.send(Method::GET, &uri, &[("range", "bytes=1000-")], Bytes::new()).await;
+    r.expect(416);
+    assert_eq!(r.header("content-range"), "bytes */1000");
+    // Unparsable ranges are ignored, as HTTP allows.
+    app.send(Method::GET, &uri, &[("range", "items=1-2")], Bytes::new()).await.expect(200);
+}
+
+#[tokio::test]
+async fn chunked_upload_checks_content_range() {
+    let app = TestApp::new().await;
+    let data: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
+    let d = Digest::of_bytes(&data);
+    let r = app.send(Method::POST, "/v2/team/app/blobs/uploads/", &[], Bytes::new()).await;
+    r.expect(202);
+    assert_eq!(r.header("range"), "0-0");
+    let id = r.header("docker-upload-uuid").to_owned();
+    let loc = r.header("location").to_owned();
+    assert_eq!(loc, format!("http://registry.test:5000/v2/team/app/blobs/uploads/{id}"));
+    let path = loc.trim_start_matches("http://registry.test:5000").to_owned();
+
+    let r = app
+        .send(Method::PATCH, &path, &[("content-range", "0-99"), ("content-length", "100")], data[..100].to_vec())
+        .await;
+    r.expect(202);
+    assert_eq!(r.header("range"), "0-99");
+    assert_eq!(r.header("docker-upload-uuid"), id);
+    assert_eq!(r.header("location"), loc);
+
+    // Out of order, and a retried old chunk, both answer 416 with where the upload stands.
+    for range in ["150-199", "0-99"] {
+        let (a, b): (usize, usize) = {
+            let (a, b) = range.split_once('-').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        };
+        let r = app.send(Method::PATCH, &path, &[("content-range", range)], data[a..=b].to_vec()).await;
+        r.expect_error(416, "RANGE_INVALID");
+        assert_eq!(r.header("range"), "0-99");
+        assert_eq!(r.header("location"), loc);
+    }
+    // A malformed Content-Range is refused the same way.
+    app.send(Method::PATCH, &path, &[("content-range", "x-y")], data[100..200].to_vec())
+        .await
+        .expect_error(416, "RANGE_INVALID");
+
+    let s = app.get(&path).await;
+    s.expect(204);
+    assert_eq!(s.header("range"), "0-99");
+
+    // A chunk without Content-Range is appended (streamed upload).
+    app.send(Method::PATCH, &path, &[], data[100..200].to_vec()).await.expect(202);
+    // Final chunk with the PUT.
+    let r = app
+        .send(Method::PUT, &format!("{path}?digest={d}"), &[("content-range", "200-299")], data[200..].to_vec())
+        .await;
+    r.expect(201);
+    assert_eq!(r.header("location"), format!("http://registry.test:5000/v2/team/app/blobs/{d}"));
+    assert_eq!(&app.get(&format!("/v2/team/app/blobs/{d}")).await.body[..], &data[..]);
+    // The session is gone.
+    app.get(&path).await.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+}
+
+#[tokio::test]
+async fn upload_put_requires_a_matching_digest() {
+    let app = TestApp::new().await;
+    let r = app.send(Method::POST, "/v2/r/blobs/uploads/", &[], Bytes::new()).await;
+    let path = r.header("location").trim_start_matches("http://registry.test:5000").to_owned();
+    app.send(Method::PATCH, &path, &[], b"abc".to_vec()).await.expect(202);
+    app.send(Method::PUT, &path, &[], Bytes::new()).await.expect_error(400, "DIGEST_INVALID");
+    app.send(Method::PUT, &format!("{path}?digest=sha256:nothex"), &[], Bytes::new())
+        .await
+        .expect_error(400, "DIGEST_INVALID");
+    let wrong = Digest::of_bytes(b"xyz");
+    app.send(Method::PUT, &format!("{path}?digest={wrong}"), &[], Bytes::new())
+        .await
+        .expect_error(400, "DIGEST_INVALID");
+    // A digest mismatch ends the session, and nothing is stored.
+    app.get(&path).await.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    app.get(&format!("/v2/r/blobs/{}", Digest::of_bytes(b"abc"))).await.expect_error(404, "BLOB_UNKNOWN");
+    // Monolithic with a wrong digest.
+    app.send(Method::POST, &format!("/v2/r/blobs/uploads/?digest={wrong}"), &[], b"abc".to_vec())
+        .await
+        .expect_error(400, "DIGEST_INVALID");
+    app.send(Method::POST, "/v2/r/blobs/uploads/?digest=md5:abc", &[], b"abc".to_vec())
+        .await
+        .expect_error(400, "DIGEST_INVALID");
+    // Declared length differs from the body.
+    let r = app.send(Method::POST, "/v2/r/blobs/uploads/", &[], Bytes::new()).await;
+    let path = r.header("location").trim_start_matches("http://registry.test:5000").to_owned();
+    app.send(Method::PATCH, &path, &[("content-range", "0-9")], b"abc".to_vec())
+        .await
+        .expect_error(400, "SIZE_INVALID");
+    app.send(Method::PATCH, &path, &[("content-range", "0-9"), ("content-length", "3")], b"abc".to_vec())
+        .await
+        .expect_error(400, "SIZE_INVALID");
+    // Nothing was appended by the refused chunks.
+    assert_eq!(app.get(&path).await.header("range"), "0-0");
+}
+
+#[tokio::test]
+async fn upload_sessions_can_be_cancelled_and_unknown_ones_are_404() {
+    let app = TestApp::new().await;
+    let r = app.send(Method::POST, "/v2/r/blobs/uploads/", &[], Bytes::new()).await;
+    let path = r.header("location").trim_start_matches("http://registry.test:5000").to_owned();
+    app.send(Method::PATCH, &path, &[], b"partial".to_vec()).await.expect(202);
+    app.send(Method::DELETE, &path, &[], Bytes::new()).await.expect(204);
+    app.get(&path).await.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    app.send(Method::DELETE, &path, &[], Bytes::new()).await.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    app.send(Method::PATCH, &path, &[], b"more".to_vec()).await.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    app.get("/v2/r/blobs/uploads/not-a-uuid").await.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    app.get(&format!("/v2/r/blobs/uploads/{}", uuid::Uuid::new_v4())).await.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    // A session belongs to its repository.
+    let r = app.send(Method::POST, "/v2/r/blobs/uploads/", &[], Bytes::new()).await;
+    let id = r.header("docker-upload-uuid").to_owned();
+    app.get(&format!("/v2/other/blobs/uploads/{id}")).await.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+}
+
+#[tokio::test]
+async fn cross_repository_mount() {
+    let app = TestApp::new().await;
+    let d = app.push_blob("src/repo", b"shared layer").await;
+    let r = app.send(Method::POST, &format!("/v2/dst/blobs/uploads/?mount={d}&from=src/repo"), &[], Bytes::new()).await;
+    r.expect(201);
+    assert_eq!(r.header("location"), format!("http://registry.test:5000/v2/dst/blobs/{d}"));
+    assert_eq!(r.header("docker-content-digest"), d.as_str());
+    app.get(&format!("/v2/dst/blobs/{d}")).await.expect(200);
+    // Source lacks it, or is no valid name, or is absent: a normal upload session.
+    let other = Digest::of_bytes(b"not there");
+    for q in [format!("mount={other}&from=src/repo"), format!("mount={d}&from=NOPE"), format!("mount={d}")] {
+        let r = app.send(Method::POST, &format!("/v2/dst2/blobs/uploads/?{q}"), &[], Bytes::new()).await;
+        r.expect(202);
+        assert!(!r.header("docker-upload-uuid").is_empty());
+    }
+    app.send(Method::POST, "/v2/dst/blobs/uploads/?mount=bad&from=src/repo", &[], Bytes::new())
+        .await
+        .expect_error(400, "DIGEST_INVALID");
+}
+
+#[tokio::test]
+async fn manifests_by_tag_and_digest_are_byte_exact() {
+    let app = TestApp::new().await;
+    let (digest, m) = app.push_image("lib/app", "v1", b"layer one").await;
+    for reference in ["v1".to_owned(), digest.to_string()] {
+        let r = app
+            .send(
+                Method::GET,
+                &format!("/v2/lib/app/manifests/{reference}"),
+                &[("accept", media::OCI_MANIFEST)],
+                Bytes::new(),
+            )
+            .await;
+        r.expect(200);
+        assert_eq!(&r.body[..], &m[..]);
+        assert_eq!(r.header("content-type"), media::OCI_MANIFEST);
+        assert_eq!(r.header("docker-content-digest"), digest.as_str());
+        assert_eq!(r.header("content-length"), m.len().to_string());
+        let h = app.send(Method::HEAD, &format!("/v2/lib/app/manifests/{reference}"), &[], Bytes::new()).await;
+        h.expect(200);
+        assert_eq!(h.header("content-length"), m.len().to_string());
+        assert_eq!(h.header("docker-content-digest"), digest.as_str());
+        assert!(h.body.is_empty());
+    }
+    // A manifest is also readable as a blob of its repository.
+    assert_eq!(&app.get(&format!("/v2/lib/app/blobs/{digest}")).await.body[..], &m[..]);
+    // Pushing by digest: Location names the digest.
+    let r = app.push_manifest("lib/app", digest.as_str(), media::OCI_MANIFEST, &m).await;
+    r.expect(201);
+    assert_eq!(r.header("location"), format!("http://registry.test:5000/v2/lib/app/manifests/{digest}"));
+    // Accept negotiation: a client that lists only Docker types gets no OCI manifest.
+    app.send(Method::GET, "/v2/lib/app/manifests/v1", &[("accept", media::DOCKER_MANIFEST)], Bytes::new())
+        .await
+        .expect_error(404, "MANIFEST_UNKNOWN");
+    let both = format!("{}, {};q=0.5", media::DOCKER_MANIFEST, media::OCI_MANIFEST);
+    app.send(Method::GET, "/v2/lib/app/manifests/v1", &[("accept", &both)], Bytes::new()).await.expect(200);
+    app.send(Method::GET, "/v2/lib/app/manifests/v1", &[("accept", "*/*")], Bytes::new()).await.expect(200);
+    // Unknown ones.
+    app.get("/v2/lib/app/manifests/v2").await.expect_error(404, "MANIFEST_UNKNOWN");
+    app.get(&format!("/v2/lib/app/manifests/{}", Digest::of_bytes(b"x"))).await.expect_error(404, "MANIFEST_UNKNOWN");
+    app.get("/v2/nope/manifests/v1").await.expect_error(404, "MANIFEST_UNKNOWN");
+}
+
+#[tokio::test]
+async fn docker_schema2_and_manifest_list() {
+    let app = TestApp::new().await;
+    let config = app.push_blob("d", b"{}").await;
+    let layer = app.push_blob("d", b"tar.gz bytes").await;
+    let m = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::DOCKER_MANIFEST,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2, "digest": config.as_str()},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 12, "digest": layer.as_str()}]
+    }))
+    .unwrap();
+    let md = Digest::of_bytes(&m);
+    app.push_manifest("d", "amd64", media::DOCKER_MANIFEST, &m).await.expect(201);
+    let list = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::DOCKER_MANIFEST_LIST,
+        "manifests": [{"mediaType": media::DOCKER_MANIFEST, "size": m.len(), "digest": md.as_str(),
+                       "platform": {"architecture": "amd64", "os": "linux"}}]
+    }))
+    .unwrap();
+    app.push_manifest("d", "latest", media::DOCKER_MANIFEST_LIST, &list).await.expect(201);
+    let r =
+        app.send(Method::GET, "/v2/d/manifests/latest", &[("accept", media::DOCKER_MANIFEST_LIST)], Bytes::new()).await;
+    r.expect(200);
+    assert_eq!(r.header("content-type"), media::DOCKER_MANIFEST_LIST);
+    assert_eq!(&r.body[..], &list[..]);
+    // Without an Accept header the stored type is served as it is.
+    let r = app.get("/v2/d/manifests/amd64").await;
+    r.expect(200);
+    assert_eq!(r.header("content-type"), media::DOCKER_MANIFEST);
+}
+
+#[tokio::test]
+async fn manifest_validation_errors() {
+    let app = TestApp::new().await;
+    let config = app.push_blob("v", b"{}").await;
+    let missing = Digest::of_bytes(b"missing");
+    let m = image_manifest(&config, 2, &[(&missing, 7)], None, None);
+    let r = app.push_manifest("v", "t", media::OCI_MANIFEST, &m).await;
+    r.expect_error(400, "MANIFEST_BLOB_UNKNOWN");
+    assert_eq!(r.json()["errors"][0]["detail"], missing.as_str());
+
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": media::OCI_INDEX,
+        "manifests": [{"mediaType": media::OCI_MANIFEST, "size": 10, "digest": missing.as_str()}]
+    }))
+    .unwrap();
+    app.push_manifest("v", "idx", media::OCI_INDEX, &index).await.expect_error(400, "MANIFEST_BLOB_UNKNOWN");
+
+    app.push_manifest("v", "t", media::OCI_MANIFEST, b"{not json").await.expect_error(400, "MANIFEST_INVALID");
+    app.push_manifest("v", "t", media::OCI_MANIFEST, b"").await.expect_error(400, "MANIFEST_INVALID");
+    let good = image_manifest(&config, 2, &[], None, None);
+    app.push_manifest("v", "t", media::DOCKER_MANIFEST, &good).await.expect_error(400, "MANIFEST_INVALID");
+    app.push_manifest(
+        "v",
+        "t",
+        "application/vnd.example.unknown+json",
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.example.unknown+json"}"#,
+    )
+    .await
+    .expect_error(400, "MANIFEST_INVALID");
+    app.push_manifest("v", &Digest::of_bytes(b"other").to_string(), media::OCI_MANIFEST, &good)
+        .await
+        .expect_error(400, "DIGEST_INVALID");
+    let huge = vec![b' '; 4 * 1024 * 1024 + 1];
+    app.push_manifest("v", "t", media::OCI_MANIFEST, &huge).await.expect_error(413, "MANIFEST_INVALID");
+    app.push_manifest("v", "bad!tag", media::OCI_MANIFEST, &good).await.expect_error(400, "TAG_INVALID");
+    app.push_manifest("v", "sha256:abc", media::OCI_MANIFEST, &good).await.expect_error(400, "DIGEST_INVALID");
+    // Nothing of the failures was recorded.
+    app.get("/v2/v/tags/list").await.expect_error(404, "NAME_UNKNOWN");
+    app.push_manifest("v", "t", media::OCI_MANIFEST, &good).await.expect(201);
+}
+
+#[tokio::test]
+async fn deleting_a_tag_untags_and_deleting_a_digest_removes() {
+    let app = TestApp::new().await;
+    let (digest, _) = app.push_image("del", "a", b"l").await;
+    let (_, m) = app.push_image("del", "b", b"l").await;
+    assert_eq!(Digest::of_bytes(&m), digest);
+    app.send(Method::DELETE, "/v2/del/manifests/a", &[], Bytes::new()).await.expect(202);
+    app.get("/v2/del/manifests/a").await.expect_error(404, "MANIFEST_UNKNOWN");
+    app.get("/v2/del/manifests/b").await.expect(200);
+    assert_eq!(app.get("/v2/del/tags/list").await.json()["tags"], serde_json::json!(["b"]));
+    app.send(Method::DELETE, &format!("/v2/del/manifests/{digest}"), &[], Bytes::new()).await.expect(202);
+    app.get("/v2/del/manifests/b").await.expect_error(404, "MANIFEST_UNKNOWN");
+    app.get(&format!("/v2/del/manifests/{digest}")).await.expect_error(404, "MANIFEST_UNKNOWN");
+    app.send(Method::DELETE, &format!("/v2/del/manifests/{digest}"), &[], Bytes::new())
+        .await
+        .expect_error(404, "MANIFEST_UNKNOWN");
+    app.send(Method::DELETE, "/v2/del/manifests/zzz", &[], Bytes::new()).await.expect_error(404, "MANIFEST_UNKNOWN");
+    // Blob delete unlinks from the repository.
+    let d = app.push_blob("del", b"blob").await;
+    app.send(Method::DELETE, &format!("/v2/del/blobs/{d}"), &[], Bytes::new()).await.expect(202);
+    app.get(&format!("/v2/del/blobs/{d}")).await.expect_error(404, "BLOB_UNKNOWN");
+    app.send(Method::DELETE, &format!("/v2/del/blobs/{d}"), &[], Bytes::new()).await.expect_error(404, "BLOB_UNKNOWN");
+}
+
+#[tokio::test]
+async fn deletes_are_unsupported_unless_enabled() {
+    let app = TestApp::with(RegistryConfig::default(), ServerConfig::default()).await;
+    let (digest, _) = app.push_image("r", "t", b"x").await;
+    app.send(Method::DELETE, &format!("/v2/r/manifests/{digest}"), &[], Bytes::new())
+        .await
+        .expect_error(405, "UNSUPPORTED");
+    app.send(Method::DELETE, "/v2/r/manifests/t", &[], Bytes::new()).await.expect_error(405, "UNSUPPORTED");
+    app.get("/v2/r/manifests/t").await.expect(200);
+}
+
+#[tokio::test]
+async fn read_only_mode_refuses_writes_and_serves_reads() {
+    let app = TestApp::new().await;
+    let (digest, m) = app.push_image("r", "t", b"x").await;
+    // A second registry over the same store, in read-only mode.
+    let ro = TestApp {
+        router: TestApp::open(
+            app.dir.path(),
+            RegistryConfig { delete_enabled: true, read_only: true },
+            ServerConfig::default(),
+        )
+        .await,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let r = ro.get("/v2/r/manifests/t").await;
+    r.expect(200);
+    assert_eq!(&r.body[..], &m[..]);
+    ro.send(Method::POST, "/v2/r/blobs/uploads/", &[], Bytes::new()).await.expect_error(405, "UNSUPPORTED");
+    ro.push_manifest("r", "t2", media::OCI_MANIFEST, &m).await.expect_error(405, "UNSUPPORTED");
+    ro.send(Method::DELETE, &format!("/v2/r/manifests/{digest}"), &[], Bytes::new())
+        .await
+        .expect_error(405, "UNSUPPORTED");
+    ro.get("/v2/r/manifests/t").await.expect(200);
+}
+
+#[tokio::test]
+async fn tags_list_paginates_with_link_headers() {
+    let app = TestApp::new().await;
+    for t in ["c", "a", "e", "b", "d"] {
+        app.push_image("p", t, b"same").await;
+    }
+    let r = app.get("/v2/p/tags/list").await;
+    r.expect(200);
+    assert_eq!(r.json(), serde_json::json!({"name": "p", "tags": ["a", "b", "c", "d", "e"]}));
+    assert_eq!(r.header("link"), "");
+    let r = app.get("/v2/p/tags/list?n=2").await;
+    assert_eq!(r.json()["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(r.header("link"), "</v2/p/tags/list?n=2&last=b>; rel=\"next\"");
+    let r = app.get("/v2/p/tags/list?n=2&last=b").await;
+    assert_eq!(r.json()["tags"], serde_json::json!(["c", "d"]));
+    let r = app.get("/v2/p/tags/list?n=2&last=d").await;
+    assert_eq!(r.json()["tags"], serde_json::json!(["e"]));
+    assert_eq!(r.header("link"), "");
+    assert_eq!(app.get("/v2/p/tags/list?n=0").await.json()["tags"], serde_json::json!([]));
+    app.get("/v2/p/tags/list?n=-1").await.expect_error(400, "PAGINATION_NUMBER_INVALID");
+    app.get("/v2/p/tags/list?n=abc").await.expect_error(400, "PAGINATION_NUMBER_INVALID");
+    app.get("/v2/unknown/tags/list").await.expect_error(404, "NAME_UNKNOWN");
+}
+
+#[tokio::test]
+async fn catalog_paginates_and_bounds_n() {
+    let app =
+        TestApp::with(RegistryConfig::default(), ServerConfig { catalog_max_entries: 3, ..ServerConfig::default() })
+            .await;
+    for r in ["x/b", "x/a", "c", "x/a/z"] {
+        app.push_image(r, "t", b"l").await;
+    }
+    let r = app.get("/v2/_catalog").await;
+    r.expect(200);
+    assert_eq!(r.json()["repositories"], serde_json::json!(["c", "x/a", "x/a/z"]));
+    assert_eq!(r.header("link"), "</v2/_catalog?n=3&last=x%2Fa%2Fz>; rel=\"next\"");
+    let r = app.get("/v2/_catalog?n=3&last=x%2Fa%2Fz").await;
+    assert_eq!(r.json()["repositories"], serde_json::json!(["x/b"]));
+    let r = app.get("/v2/_catalog?n=1&last=c").await;
+    assert_eq!(r.json()["repositories"], serde_json::json!(["x/a"]));
+    app.get("/v2/_catalog?n=4").await.expect_error(400, "PAGINATION_NUMBER_INVALID");
+    app.get("/v2/_catalog?n=x").await.expect_error(400, "PAGINATION_NUMBER_INVALID");
+}
+
+#[tokio::test]
+async fn referrers_list_and_filter() {
+    let app = TestApp::new().await;
+    let (subject, sm) = app.push_image("art", "v1", b"image layer").await;
+    let empty_config = app.push_blob("art", b"{}").await;
+    // A referrer whose subject does not exist yet is accepted.
+    let ghost = Digest::of_bytes(b"not pushed yet");
+    let sig = image_manifest(&empty_config, 2, &[], Some((&ghost, 10)), Some("application/vnd.example.sig"));
+    let r = app.push_manifest("art", &Digest::of_bytes(&sig).to_string(), media::OCI_MANIFEST, &sig).await;
+    r.expect(201);
+    assert_eq!(r.header("oci-subject"), ghost.as_str());
+
+    let sbom = image_manifest(&empty_config, 2, &[], Some((&subject, sm.len())), Some("application/vnd.example.sbom"));
+    let sig2 = image_manifest(&empty_config, 2, &[], Some((&subject, sm.len())), Some("application/vnd.example.sig"));
+    for m in [&sbom, &sig2] {
+        app.push_manifest("art", &Digest::of_bytes(m).to_string(), media::OCI_MANIFEST, m).await.expect(201);
+    }
+    let r = app.get(&format!("/v2/art/referrers/{subject}")).await;
+    r.expect(200);
+    assert_eq!(r.header("content-type"), media::OCI_INDEX);
+    assert_eq!(r.header("oci-filters-applied"), "");
+    let idx = r.json();
+    assert_eq!(idx["schemaVersion"], 2);
+    assert_eq!(idx["mediaType"], media::OCI_INDEX);
+    let ms = idx["manifests"].as_array().unwrap();
+    assert_eq!(ms.len(), 2);
+    let sbom_d = Digest::of_bytes(&sbom);
+    let entry = ms.iter().find(|m| m["digest"] == sbom_d.as_str()).unwrap();
+    assert_eq!(entry["artifactType"], "application/vnd.example.sbom");
+    assert_eq!(entry["size"], sbom.len());
+    assert_eq!(entry["mediaType"], media::OCI_MANIFEST);
+    assert_eq!(entry["annotations"]["org.example.kind"], "application/vnd.example.sbom");
+
+    let r = app.get(&format!("/v2/art/referrers/{subject}?artifactType=application/vnd.example.sig")).await;
+    assert_eq!(r.header("oci-filters-applied"), "artifactType");
+    let ms = r.json()["manifests"].as_array().unwrap().clone();
+    assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0]["digest"], Digest::of_bytes(&sig2).as_str());
+    // The earlier referrer shows up once its subject is pushed... and already now by digest.
+    assert_eq!(app.get(&format!("/v2/art/referrers/{ghost}")).await.json()["manifests"].as_array().unwrap().len(), 1);
+    // Unknown subject: an empty index.
+    let r = app.get(&format!("/v2/art/referrers/{}", Digest::of_bytes(b"nothing"))).await;
+    r.expect(200);
+    assert_eq!(r.json()["manifests"], serde_json::json!([]));
+    app.get("/v2/art/referrers/sha256:zz").await.expect_error(400, "DIGEST_INVALID");
+    app.get("/v2/art/referrers/latest").await.expect_error(400, "DIGEST_INVALID");
+}
+
+#[tokio::test]
+async fn invalid_names_methods_and_paths() {
+    let app = TestApp::new().await;
+    app.get("/v2/UPPER/tags/list").await.expect_error(400, "NAME_INVALID");
+    app.get("/v2/a..b/manifests/latest").await.expect_error(400, "NAME_INVALID");
+    let long = "a".repeat(256);
+    app.get(&format!("/v2/{long}/tags/list")).await.expect_error(400, "NAME_INVALID");
+    app.send(Method::POST, "/v2/Bad/blobs/uploads/", &[], Bytes::new()).await.expect_error(400, "NAME_INVALID");
+    app.get("/v2/a/blobs/sha256:123").await.expect_error(400, "DIGEST_INVALID");
+    app.get("/v2/a/manifests/-bad").await.expect_error(400, "TAG_INVALID");
+    app.send(Method::POST, "/v2/a/manifests/latest", &[], Bytes::new()).await.expect_error(405, "UNSUPPORTED");
+    app.send(Method::PUT, "/v2/a/tags/list", &[], Bytes::new()).await.expect_error(405, "UNSUPPORTED");
+    app.send(Method::PATCH, &format!("/v2/a/blobs/{}", Digest::of_bytes(b"")), &[], Bytes::new())
+        .await
+        .expect_error(405, "UNSUPPORTED");
+    app.get("/v2/a/unknown/thing").await.expect_error(404, "NOT_FOUND");
+    app.get("/v2/a%zz/tags/list").await.expect(404);
+}
+
+#[tokio::test]
+async fn locations_follow_proxy_headers_and_configuration() {
+    let app = TestApp::new().await;
+    let r = app
+        .send(
+            Method::POST,
+            "/v2/r/blobs/uploads/",
+            &[("x-forwarded-proto", "https"), ("x-forwarded-host", "registry.example.test")],
+            Bytes::new(),
+        )
+        .await;
+    assert!(
+        r.header("location").starts_with("https://registry.example.test/v2/r/blobs/uploads/"),
+        "{}",
+        r.header("location")
+    );
+    let r = app
+        .send(
+            Method::POST,
+            "/v2/r/blobs/uploads/",
+            &[("forwarded", "for=1.2.3.4;proto=https;host=fwd.test")],
+            Bytes::new(),
+        )
+        .await;
+    assert!(r.header("location").starts_with("https://fwd.test/v2/"), "{}", r.header("location"));
+
+    let app = TestApp::with(
+        RegistryConfig::default(),
+        ServerConfig {
+            host: Some("https://public.test:8443/".into()),
+            headers: vec![("x-content-type-options".parse().unwrap(), "nosniff".parse().unwrap())],
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let r = app.send(Method::POST, "/v2/r/blobs/uploads/", &[], Bytes::new()).await;
+    assert!(r.header("location").starts_with("https://public.test:8443/v2/r/blobs/uploads/"));
+    assert_eq!(r.header("x-content-type-options"), "nosniff");
+    let app =
+        TestApp::with(RegistryConfig::default(), ServerConfig { relative_urls: true, ..ServerConfig::default() }).await;
+    let r = app.send(Method::POST, "/v2/r/blobs/uploads/", &[], Bytes::new()).await;
+    assert!(r.header("location").starts_with("/v2/r/blobs/uploads/"));
+}
+
+#[tokio::test]
+async fn empty_blob_and_post_without_body() {
+    let app = TestApp::new().await;
+    let d = Digest::of_bytes(b"");
+    app.send(Method::POST, &format!("/v2/e/blobs/uploads/?digest={d}"), &[], Bytes::new()).await.expect(201);
+    let r = app.get(&format!("/v2/e/blobs/{d}")).await;
+    r.expect(200);
+    assert_eq!(r.header("content-length"), "0");
+    assert!(r.body.is_empty());
+}
+
+/// Arbitrary requests never make the server answer 500 or panic.
+#[tokio::test]
+async fn garbage_requests_never_cause_server_errors() {
+    let app = TestApp::new().await;
+    let (digest, _) = app.push_image("g", "t", b"x").await;
+    let (kept, kept_body) = app.push_image("keep", "t", b"x").await;
+    assert_eq!(kept, digest);
+    let paths = [
+        "/v2/g/manifests/t".to_owned(),
+        format!("/v2/g/manifests/{digest}"),
+        format!("/v2/g/blobs/{digest}"),
+        "/v2/g/blobs/uploads/".to_owned(),
+        format!("/v2/g/blobs/uploads/{}", uuid::Uuid::new_v4()),
+        "/v2/g/tags/list?n=99999999999999999999999".to_owned(),
+        "/v2/_catalog?n=18446744073709551615".to_owned(),
+        format!("/v2/g/referrers/{digest}?artifactType="),
+        "/v2/g/blobs/uploads/?digest=sha256:&mount=".to_owned(),
+        "/v2/%00/tags/list".to_owned(),
+    ];
+    let bodies: [&[u8]; 5] = [b"", b"{}", b"\xff\xfe", br#"{"schemaVersion":2,"manifests":[{}]}"#, b"[1,2,3]"];
+    let headers: [&[(&str, &str)]; 5] = [
+        &[],
+        &[("content-range", "5-1")],
+        &[("content-range", "18446744073709551615-18446744073709551615")],
+        &[("range", "bytes=99999999999999999999-")],
+        &[("content-type", "application/vnd.oci.image.index.v1+json"), ("accept", ",,;;")],
+    ];
+    for p in &paths {
+        for m in [Method::GET, Method::HEAD, Method::PUT, Method::PATCH, Method::POST, Method::DELETE] {
+            for b in bodies {
+                for h in headers {
+                    let r = app.send(m.clone(), p, h, b.to_vec()).await;
+                    assert!(r.status.as_u16() < 500, "{m} {p} {h:?} {b:?} -> {}: {:?}", r.status, r.body);
+                    if r.status.as_u16() >= 400 && m != Method::HEAD && r.status != StatusCode::RANGE_NOT_SATISFIABLE {
+                        assert!(!r.code().is_empty(), "{m} {p}: error without OCI code: {:?}", r.body);
+                    }
+                }
+            }
+        }
+    }
+    // Another repository's data is intact.
+    let r = app.get("/v2/keep/manifests/t").await;
+    r.expect(200);
+    assert_eq!(&r.body[..], &kept_body[..]);
+}
