@@ -14,12 +14,13 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub detail: Option<serde_json::Value>,
-    pub headers: HeaderMap,
+    /// Extra response headers (boxed: errors travel through many `Result`s).
+    pub headers: Box<HeaderMap>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), detail: None, headers: HeaderMap::new() }
+        ApiError { status, code, message: message.into(), detail: None, headers: Box::default() }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -128,7 +129,7 @@ impl IntoResponse for ApiError {
         }
         let body = json!({ "errors": [err] }).to_string();
         let mut resp = (self.status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
-        resp.headers_mut().extend(self.headers);
+        resp.headers_mut().extend(*self.headers);
         resp
     }
 }

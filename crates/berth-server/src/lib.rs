@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub tls: bool,
     /// Log a line per request (`log.accesslog.disabled` turns it off).
     pub access_log: bool,
+    /// `log.fields` as JSON, attached to every request's log lines.
+    pub log_fields: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +47,7 @@ impl Default for ServerConfig {
             catalog_max_entries: 1000,
             tls: false,
             access_log: true,
+            log_fields: None,
         }
     }
 }
@@ -76,7 +79,10 @@ async fn common_headers(State(state): State<AppState>, req: Request, next: Next)
     let id = uuid::Uuid::new_v4().simple().to_string();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let span = tracing::info_span!("request", id = %id, method = %method, path = %path);
+    let span = match &state.config.log_fields {
+        Some(f) => tracing::info_span!("request", id = %id, method = %method, path = %path, fields = %f),
+        None => tracing::info_span!("request", id = %id, method = %method, path = %path),
+    };
     let start = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let h = resp.headers_mut();

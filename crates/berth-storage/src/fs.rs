@@ -155,7 +155,7 @@ impl StorageDriver for FsDriver {
             let mut f = File::open(&full).map_err(|e| StorageError::io(&p, e))?;
             let size = f.metadata().map_err(|e| StorageError::io(&p, e))?.len();
             let end = match len {
-                Some(l) => offset.checked_add(l).unwrap_or(u64::MAX),
+                Some(l) => offset.saturating_add(l),
                 None => size,
             };
             if offset > size || end > size {

@@ -1,0 +1,283 @@
+//! Composition root: configuration → storage and metadata → registry →
+//! maintenance workers → HTTP listener, and the ordered shutdown that
+//! reverses it on SIGINT/SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::future::IntoFuture;
+
+use anyhow::{Context, Result};
+use berth_metadata::Metadata;
+use berth_registry::import::{self, ImportProgress};
+use berth_registry::{Registry, RegistryConfig};
+use berth_storage::fs::FsDriver;
+use berth_storage::memory::MemoryDriver;
+use berth_storage::StorageDriver;
+use berth_types::RepoName;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{default_data_dir, Config};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Serve,
+    Import,
+}
+
+pub fn check_config(file: &Path) -> Result<()> {
+    let cfg = Config::load(Some(file), std::env::vars())?;
+    let (storage, db) = describe_storage(&cfg);
+    println!("configuration OK: {}", file.display());
+    println!("  listen:   {} ({})", cfg.http.addr, cfg.http.net);
+    println!("  storage:  {storage}");
+    println!("  metadata: {db}");
+    println!("  deletes:  {}", if cfg.storage.delete.enabled { "enabled" } else { "disabled" });
+    if cfg.storage.maintenance.readonly.enabled {
+        println!("  read-only mode");
+    }
+    Ok(())
+}
+
+fn fs_root(cfg: &Config) -> PathBuf {
+    cfg.storage
+        .filesystem
+        .as_ref()
+        .and_then(|f| f.rootdirectory.clone())
+        .unwrap_or_else(|| default_data_dir(&|k| std::env::var(k).ok()))
+}
+
+fn db_path(cfg: &Config) -> Option<PathBuf> {
+    cfg.database
+        .path
+        .clone()
+        .or_else(|| cfg.storage.inmemory.is_none().then(|| fs_root(cfg).join("_berth").join("metadata.sqlite")))
+}
+
+fn describe_storage(cfg: &Config) -> (String, String) {
+    let storage = if cfg.storage.inmemory.is_some() {
+        "inmemory (lost at exit)".to_owned()
+    } else {
+        format!("filesystem at {}", fs_root(cfg).display())
+    };
+    let db = db_path(cfg)
+        .map(|p| format!("sqlite at {}", p.display()))
+        .unwrap_or_else(|| "sqlite in a temporary file".into());
+    (storage, db)
+}
+
+/// Everything built from the configuration, and what must outlive it.
+struct Built {
+    registry: Registry,
+    _scratch: Option<tempfile::TempDir>,
+}
+
+async fn build(cfg: &Config, mode: Mode) -> Result<Built> {
+    let (storage, scratch): (Arc<dyn StorageDriver>, _) = if cfg.storage.inmemory.is_some() {
+        (Arc::new(MemoryDriver::new()), None)
+    } else {
+        let root = fs_root(cfg);
+        let fs = FsDriver::new(&root).with_context(|| format!("opening storage at {}", root.display()))?;
+        (Arc::new(fs), None::<tempfile::TempDir>)
+    };
+    let (db, scratch) = match db_path(cfg) {
+        Some(p) => (p, scratch),
+        None => {
+            let t = tempfile::tempdir().context("creating a temporary metadata directory")?;
+            (t.path().join("metadata.sqlite"), Some(t))
+        }
+    };
+    let (meta, created) =
+        Metadata::open_sqlite(&db).await.with_context(|| format!("opening metadata database {}", db.display()))?;
+    // A store without a database (a distribution store, or a lost database) is indexed first.
+    if mode == Mode::Import || created {
+        let repos = import::find_repositories(storage.as_ref()).await?;
+        if mode == Mode::Import || !repos.is_empty() {
+            tracing::info!(repositories = repos.len(), "indexing the existing store");
+            let progress = Progress::new();
+            let summary = import::import(storage.as_ref(), &meta, &progress).await?;
+            progress.finish();
+            tracing::info!(?summary, "store indexed");
+            if mode == Mode::Import {
+                println!(
+                    "imported {} repositories: {} blobs, {} manifests, {} tags ({} entries skipped)",
+                    summary.repositories, summary.blobs, summary.manifests, summary.tags, summary.skipped
+                );
+            }
+        }
+    }
+    let rc = RegistryConfig {
+        delete_enabled: cfg.storage.delete.enabled,
+        read_only: cfg.storage.maintenance.readonly.enabled,
+    };
+    Ok(Built { registry: Registry::new(storage, meta, rc), _scratch: scratch })
+}
+
+struct Progress(indicatif::ProgressBar);
+
+impl Progress {
+    fn new() -> Self {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} importing [{bar:40}] {pos}/{len} repositories {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        Progress(bar)
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl ImportProgress for Progress {
+    fn repositories_found(&self, count: usize) {
+        self.0.set_length(count as u64);
+    }
+    fn repository_done(&self, name: &RepoName) {
+        self.0.set_message(name.to_string());
+        self.0.inc(1);
+    }
+    fn skipped(&self, what: &str, why: &str) {
+        self.0.suspend(|| tracing::warn!(what, why, "skipped while importing"));
+    }
+}
+
+pub fn run(mode: Mode, config_file: Option<PathBuf>) -> Result<()> {
+    let cfg = Config::load(config_file.as_deref(), std::env::vars())?;
+    crate::logging::init(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(async move {
+        let built = build(&cfg, mode).await?;
+        match mode {
+            Mode::Import => {
+                built.registry.metadata().close().await;
+                Ok(())
+            }
+            Mode::Serve => serve(&cfg, built).await,
+        }
+    })
+}
+
+async fn serve(cfg: &Config, built: Built) -> Result<()> {
+    let registry = built.registry.clone();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+
+    let mut workers = Vec::new();
+    let purge = &cfg.storage.maintenance.uploadpurging;
+    if purge.enabled && !cfg.storage.maintenance.readonly.enabled {
+        workers.push(tokio::spawn(purge_uploads(
+            registry.clone(),
+            purge.age,
+            purge.interval,
+            purge.dryrun,
+            shutdown.clone(),
+        )));
+    }
+
+    let server_cfg = berth_server::ServerConfig {
+        host: cfg.http.host.clone(),
+        relative_urls: cfg.http.relativeurls,
+        headers: cfg.response_headers()?,
+        catalog_max_entries: cfg.catalog.maxentries,
+        tls: false,
+        access_log: !cfg.log.accesslog.disabled,
+        log_fields: (!cfg.log.fields.is_empty()).then(|| serde_json::to_string(&cfg.log.fields).unwrap_or_default()),
+    };
+    let router = berth_server::router(registry.clone(), server_cfg);
+    let (storage, db) = describe_storage(cfg);
+    let drain = cfg.http.draintimeout;
+
+    let served = if cfg.http.net == "unix" {
+        let path = PathBuf::from(&cfg.http.addr);
+        let _ = std::fs::remove_file(&path);
+        let listener =
+            tokio::net::UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
+        announce(&format!("unix:{}", path.display()), &storage, &db);
+        let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        drain_or_stop(server.into_future(), &shutdown, drain).await
+    } else {
+        let addr =
+            if cfg.http.addr.starts_with(':') { format!("0.0.0.0{}", cfg.http.addr) } else { cfg.http.addr.clone() };
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        announce(&format!("http://{local}"), &storage, &db);
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        drain_or_stop(server.into_future(), &shutdown, drain).await
+    };
+    shutdown.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
+    registry.metadata().close().await;
+    tracing::info!("stopped");
+    served
+}
+
+fn announce(addr: &str, storage: &str, db: &str) {
+    // On stdout, one line, so people and scripts can see where it listens.
+    println!("berth {} listening on {addr}", env!("CARGO_PKG_VERSION"));
+    println!("berth storage: {storage}; metadata: {db}");
+    tracing::info!(addr, storage, metadata = db, "listening");
+}
+
+/// Runs the server; once shutdown starts, waits at most `drain` for
+/// in-flight requests to finish.
+async fn drain_or_stop(
+    server: impl std::future::Future<Output = std::io::Result<()>>,
+    shutdown: &CancellationToken,
+    drain: Duration,
+) -> Result<()> {
+    tokio::select! {
+        r = server => r.context("serving"),
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(?drain, "in-flight requests did not finish within http.draintimeout; stopping");
+            Ok(())
+        }
+    }
+}
+
+async fn signals(shutdown: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+/// distribution's `maintenance.uploadpurging`: removes uploads idle longer than `age`.
+async fn purge_uploads(registry: Registry, age: Duration, interval: Duration, dry_run: bool, stop: CancellationToken) {
+    // The first pass runs soon after start, as a crash may have left uploads behind.
+    let mut wait = Duration::from_secs(10).min(interval);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = interval;
+        let before = berth_metadata::now_millis() - age.as_millis() as i64;
+        match registry.purge_uploads(before, dry_run).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, dry_run, "purged stale uploads"),
+            Err(e) => tracing::error!(error = %e, "upload purge failed"),
+        }
+    }
+}

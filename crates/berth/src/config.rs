@@ -1,0 +1,671 @@
+//! Configuration: distribution's `config.yml` (version 0.1) keys for what
+//! Berth supports, `REGISTRY_*` environment overrides, and Berth's own keys
+//! (`database`). Read once, validated before use; keys Berth cannot honour
+//! yet are refused with an error naming them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Deserializer};
+use serde_yaml_ng::{Mapping, Value};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default, deserialize_with = "version")]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Deprecated distribution key, same as `log.level`.
+    #[serde(default)]
+    pub loglevel: Option<String>,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    #[serde(default)]
+    pub compatibility: CompatibilityConfig,
+    /// Berth: where the metadata database lives.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub level: Option<String>,
+    #[serde(default)]
+    pub formatter: Option<String>,
+    #[serde(default)]
+    pub fields: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub accesslog: AccessLogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default)]
+    pub filesystem: Option<FilesystemConfig>,
+    #[serde(default)]
+    pub inmemory: Option<serde_json::Value>,
+    #[serde(default)]
+    pub delete: EnabledFlag,
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility
+    pub redirect: RedirectConfig,
+    /// A cache of blob descriptors in distribution; Berth's metadata index
+    /// plays that part, so any setting is accepted and has no effect.
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility
+    pub cache: Option<serde_json::Value>,
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesystemConfig {
+    #[serde(default)]
+    pub rootdirectory: Option<PathBuf>,
+    /// Distribution's cap on concurrent filesystem calls; Berth's blocking
+    /// pool bounds them itself, so the value is accepted and checked only.
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility
+    pub maxthreads: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnabledFlag {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// The filesystem driver never redirects, so this only matters for object stores.
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility
+    pub disable: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    #[serde(default)]
+    pub uploadpurging: UploadPurgingConfig,
+    #[serde(default)]
+    pub readonly: EnabledFlag,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadPurgingConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "week", deserialize_with = "duration")]
+    pub age: Duration,
+    #[serde(default = "day", deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(default)]
+    pub dryrun: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn week() -> Duration {
+    Duration::from_secs(168 * 3600)
+}
+fn day() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+impl Default for UploadPurgingConfig {
+    fn default() -> Self {
+        UploadPurgingConfig { enabled: true, age: week(), interval: day(), dryrun: false }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_addr")]
+    pub addr: String,
+    #[serde(default = "default_net")]
+    pub net: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Distribution signs upload state with it; Berth keeps upload state in
+    /// its database, so instances need no shared secret. Accepted and unused.
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub relativeurls: bool,
+    #[serde(default = "default_drain", deserialize_with = "duration")]
+    pub draintimeout: Duration,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility
+    pub http2: Option<serde_json::Value>,
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility
+    pub h2c: Option<serde_json::Value>,
+}
+
+fn default_addr() -> String {
+    ":5000".into()
+}
+fn default_net() -> String {
+    "tcp".into()
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: default_addr(),
+            net: default_net(),
+            host: None,
+            secret: None,
+            relativeurls: false,
+            draintimeout: default_drain(),
+            headers: BTreeMap::new(),
+            http2: None,
+            h2c: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    #[serde(default = "default_maxentries")]
+    pub maxentries: u64,
+}
+
+fn default_maxentries() -> u64 {
+    1000
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig { maxentries: default_maxentries() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompatibilityConfig {
+    #[serde(default)]
+    pub schema1: Schema1Config,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schema1Config {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Schema 1 is not supported, so there is no signature store to disable.
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility
+    pub disablesignaturestore: bool,
+    #[serde(default)]
+    pub signingkeyfile: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Path of the embedded SQLite database. Default: `_berth/metadata.sqlite`
+    /// under the filesystem storage root.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+/// Go-style durations as distribution writes them: `168h`, `1h30m`, `10s`,
+/// `500ms`; a bare integer is nanoseconds.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    if let Ok(ns) = s.parse::<u64>() {
+        return Ok(Duration::from_nanos(ns));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        bail!("empty duration");
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| anyhow!("duration {s:?} has no unit"))?;
+        let value: f64 = rest[..num_end].parse().with_context(|| format!("invalid duration {s:?}"))?;
+        rest = &rest[num_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            u => bail!("invalid duration unit {u:?} in {s:?}"),
+        };
+        total += Duration::from_secs_f64(value * unit);
+        rest = &rest[unit_end..];
+    }
+    Ok(total)
+}
+
+/// `version: 0.1` reads as a number in YAML; distribution treats it as text.
+fn version<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(f64),
+        Str(String),
+    }
+    Ok(Option::<Raw>::deserialize(d)?.map(|r| match r {
+        Raw::Num(n) => n.to_string(),
+        Raw::Str(s) => s,
+    }))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Str(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(ns) => Ok(Duration::from_nanos(ns)),
+        Raw::Str(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Keys distribution knows that Berth does not honour yet, and why.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("auth", "authentication is not supported yet"),
+    ("notifications", "notifications are not supported yet"),
+    ("redis", "redis is not used by Berth"),
+    ("proxy", "pull-through caching is not supported yet"),
+    ("reporting", "error reporting services are not supported"),
+    ("middleware", "middleware is not supported yet"),
+    ("health", "configurable health checks are not supported yet"),
+    ("validation", "manifest URL validation settings are not supported yet"),
+    ("log.hooks", "log hooks are not supported"),
+    ("storage.s3", "the S3 storage driver is not supported yet"),
+    ("storage.oss", "the OSS storage driver is not supported yet"),
+    ("storage.gcs", "the GCS storage driver is not supported"),
+    ("storage.azure", "the Azure storage driver is not supported"),
+    ("storage.swift", "the Swift storage driver is not supported"),
+    ("http.tls", "TLS is not supported yet: terminate TLS in a reverse proxy"),
+    ("http.debug", "the debug server is not supported yet"),
+    ("http.prefix", "a URL prefix is not supported yet"),
+];
+
+fn lookup<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('.').try_fold(root, |v, k| v.as_mapping().and_then(|m| m.get(Value::String(k.to_owned()))))
+}
+
+/// Applies `REGISTRY_A_B_C=value` as `a.b.c: value` (value read as YAML),
+/// as distribution does. `REGISTRY_STORAGE=<driver>` selects the driver.
+pub fn apply_env(root: &mut Value, vars: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+    let mut vars: Vec<(Vec<String>, String)> = vars
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix("REGISTRY_")?;
+            let path: Vec<String> = rest.split('_').map(str::to_ascii_lowercase).collect();
+            (!path.iter().any(String::is_empty)).then_some((path, v))
+        })
+        .collect();
+    // Shorter paths first, so a driver selection comes before its parameters.
+    vars.sort();
+    vars.sort_by_key(|(p, _)| p.len());
+    for (path, raw) in vars {
+        if path == ["storage"] {
+            let driver = raw.trim().to_ascii_lowercase();
+            let storage = ensure_mapping(root, &["storage".to_owned()])?;
+            for d in ["filesystem", "inmemory", "s3", "oss", "gcs", "azure", "swift"] {
+                if d != driver {
+                    storage.remove(Value::String(d.to_owned()));
+                }
+            }
+            storage.entry(Value::String(driver)).or_insert_with(|| Value::Mapping(Mapping::new()));
+            continue;
+        }
+        let value: Value = serde_yaml_ng::from_str(&raw).unwrap_or(Value::String(raw.clone()));
+        let (last, parents) = path.split_last().ok_or_else(|| anyhow!("empty variable"))?;
+        let parent = ensure_mapping(root, parents)?;
+        parent.insert(Value::String(last.clone()), value);
+    }
+    Ok(())
+}
+
+fn ensure_mapping<'v>(root: &'v mut Value, path: &[String]) -> Result<&'v mut Mapping> {
+    let mut cur = root;
+    for k in path {
+        if !cur.is_mapping() {
+            *cur = Value::Mapping(Mapping::new());
+        }
+        let m = cur.as_mapping_mut().ok_or_else(|| anyhow!("not a mapping"))?;
+        cur = m.entry(Value::String(k.clone())).or_insert_with(|| Value::Mapping(Mapping::new()));
+        if cur.is_null() {
+            *cur = Value::Mapping(Mapping::new());
+        }
+    }
+    if !cur.is_mapping() {
+        *cur = Value::Mapping(Mapping::new());
+    }
+    cur.as_mapping_mut().ok_or_else(|| anyhow!("not a mapping"))
+}
+
+impl Config {
+    /// Loads the file (if any), applies environment overrides and validates.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        let mut root = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                let v: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+                if v.is_null() {
+                    Value::Mapping(Mapping::new())
+                } else {
+                    v
+                }
+            }
+            None => Value::Mapping(Mapping::new()),
+        };
+        apply_env(&mut root, env)?;
+        Self::from_value(root)
+    }
+
+    pub fn from_value(root: Value) -> Result<Config> {
+        if !root.is_mapping() {
+            bail!("configuration must be a mapping of keys");
+        }
+        for (key, why) in UNSUPPORTED {
+            if lookup(&root, key).is_some_and(|v| !v.is_null()) {
+                bail!("{key}: {why}");
+            }
+        }
+        let json = serde_json::to_value(&root).context("configuration is not representable")?;
+        let cfg: Config = serde_path_to_error::deserialize(json).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow!("{}: {}", if path == "." { "configuration".to_owned() } else { path }, e.into_inner())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let Some(v) = &self.version {
+            if v != "0.1" {
+                bail!("version: only configuration version 0.1 is supported, not {v:?}");
+            }
+        }
+        if self.storage.filesystem.is_some() && self.storage.inmemory.is_some() {
+            bail!("storage: configure one driver, not both filesystem and inmemory");
+        }
+        if self.compatibility.schema1.enabled {
+            bail!("compatibility.schema1.enabled: schema 1 manifests are not supported");
+        }
+        if self.compatibility.schema1.signingkeyfile.is_some() {
+            bail!("compatibility.schema1.signingkeyfile: schema 1 manifests are not supported");
+        }
+        if let Some(level) = self.log_level() {
+            if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+                bail!("log.level: unknown level {level:?} (error, warn, info, debug)");
+            }
+        }
+        match self.log.formatter.as_deref() {
+            None | Some("text") | Some("json") | Some("logstash") => {}
+            Some(f) => bail!("log.formatter: unknown formatter {f:?} (text, json, logstash)"),
+        }
+        match self.http.net.as_str() {
+            "tcp" | "unix" => {}
+            n => bail!("http.net: unknown network {n:?} (tcp, unix)"),
+        }
+        if let Some(h) = &self.http.host {
+            if !(h.starts_with("http://") || h.starts_with("https://")) {
+                bail!("http.host: must be an absolute URL such as https://registry.example.test:5000");
+            }
+        }
+        for (name, values) in &self.http.headers {
+            http_header(name, values).with_context(|| format!("http.headers.{name}"))?;
+        }
+        if self.storage.maintenance.uploadpurging.enabled && self.storage.maintenance.uploadpurging.interval.is_zero() {
+            bail!("storage.maintenance.uploadpurging.interval: must be greater than zero");
+        }
+        if self.catalog.maxentries == 0 {
+            bail!("catalog.maxentries: must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The log level: `log.level`, else the deprecated `loglevel`, in lower case.
+    pub fn log_level(&self) -> Option<String> {
+        self.log.level.clone().or_else(|| self.loglevel.clone()).map(|l| {
+            let l = l.to_ascii_lowercase();
+            if l == "warning" {
+                "warn".to_owned()
+            } else {
+                l
+            }
+        })
+    }
+
+    /// `http.headers` as header pairs.
+    pub fn response_headers(&self) -> Result<Vec<(http::HeaderName, http::HeaderValue)>> {
+        let mut out = Vec::new();
+        for (name, values) in &self.http.headers {
+            out.extend(http_header(name, values)?);
+        }
+        Ok(out)
+    }
+}
+
+fn http_header(name: &str, values: &[String]) -> Result<Vec<(http::HeaderName, http::HeaderValue)>> {
+    let n: http::HeaderName = name.parse().map_err(|_| anyhow!("invalid header name"))?;
+    values.iter().map(|v| Ok((n.clone(), v.parse().map_err(|_| anyhow!("invalid header value {v:?}"))?))).collect()
+}
+
+/// Where Berth keeps its data when nothing says otherwise: `$BERTH_DATA_DIR`,
+/// else `$XDG_DATA_HOME/berth`, else `~/.local/share/berth`, else `./berth-data`.
+pub fn default_data_dir(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(d) = env("BERTH_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = env("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("berth");
+    }
+    if let Some(h) = env("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".local/share/berth");
+    }
+    PathBuf::from("berth-data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config> {
+        let mut v: Value = serde_yaml_ng::from_str(yaml).unwrap();
+        if v.is_null() {
+            v = Value::Mapping(Mapping::new());
+        }
+        apply_env(&mut v, env.iter().map(|(a, b)| (a.to_string(), b.to_string())))?;
+        Config::from_value(v)
+    }
+
+    #[test]
+    fn distribution_config_is_read() {
+        let c = load(
+            r#"
+version: 0.1
+log:
+  level: debug
+  formatter: json
+  fields:
+    service: registry
+    environment: development
+  accesslog:
+    disabled: true
+storage:
+  cache:
+    layerinfo: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+      age: 2h30m
+      interval: 10m
+      dryrun: true
+    readonly:
+      enabled: true
+http:
+  addr: 127.0.0.1:5001
+  secret: asecretforlocaldevelopment
+  host: https://registry.example.test
+  relativeurls: false
+  draintimeout: 5s
+  headers:
+    X-Content-Type-Options: [nosniff]
+compatibility:
+  schema1:
+    disablesignaturestore: true
+"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.log_level().as_deref(), Some("debug"));
+        assert!(c.log.accesslog.disabled);
+        assert_eq!(c.storage.filesystem.clone().unwrap().rootdirectory.unwrap(), PathBuf::from("/var/lib/registry"));
+        assert!(c.storage.delete.enabled);
+        let p = &c.storage.maintenance.uploadpurging;
+        assert_eq!(
+            (p.enabled, p.age, p.interval, p.dryrun),
+            (false, Duration::from_secs(9000), Duration::from_secs(600), true)
+        );
+        assert!(c.storage.maintenance.readonly.enabled);
+        assert_eq!(c.http.addr, "127.0.0.1:5001");
+        assert_eq!(c.http.draintimeout, Duration::from_secs(5));
+        assert_eq!(c.http.headers["X-Content-Type-Options"], vec!["nosniff"]);
+    }
+
+    #[test]
+    fn defaults_match_distribution() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.http.addr, ":5000");
+        assert!(!c.storage.delete.enabled);
+        assert!(c.storage.maintenance.uploadpurging.enabled);
+        assert_eq!(c.storage.maintenance.uploadpurging.age, Duration::from_secs(168 * 3600));
+        assert_eq!(c.catalog.maxentries, 1000);
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let c = load(
+            "storage:\n  filesystem:\n    rootdirectory: /a\nhttp:\n  addr: :5000\n",
+            &[
+                ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/b"),
+                ("REGISTRY_HTTP_ADDR", "127.0.0.1:6000"),
+                ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+                ("REGISTRY_LOG_LEVEL", "warn"),
+                ("REGISTRY_DATABASE_PATH", "/tmp/x.sqlite"),
+                ("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE", "1h"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.storage.filesystem.clone().unwrap().rootdirectory.unwrap(), PathBuf::from("/b"));
+        assert_eq!(c.http.addr, "127.0.0.1:6000");
+        assert!(c.storage.delete.enabled);
+        assert_eq!(c.log_level().as_deref(), Some("warn"));
+        assert_eq!(c.database.path.unwrap(), PathBuf::from("/tmp/x.sqlite"));
+        assert_eq!(c.storage.maintenance.uploadpurging.age, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn storage_driver_selected_by_environment() {
+        let c = load("storage:\n  filesystem:\n    rootdirectory: /a\n", &[("REGISTRY_STORAGE", "inmemory")]).unwrap();
+        assert!(c.storage.filesystem.is_none());
+        assert!(c.storage.inmemory.is_some());
+        let e = load("", &[("REGISTRY_STORAGE", "s3"), ("REGISTRY_STORAGE_S3_BUCKET", "b")]).unwrap_err();
+        assert!(e.to_string().starts_with("storage.s3:"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("auth:\n  htpasswd:\n    realm: x\n", "auth:"),
+            ("http:\n  tls:\n    certificate: /x\n", "http.tls:"),
+            ("storage:\n  s3:\n    bucket: b\n", "storage.s3:"),
+            ("notifications:\n  endpoints: []\n", "notifications:"),
+            ("http:\n  adr: :5000\n", "http.adr"),
+            ("storage:\n  filesystem:\n    rootdir: /x\n", "storage.filesystem.rootdir"),
+            ("bogus: 1\n", "bogus"),
+            ("version: 0.2\n", "version:"),
+            ("log:\n  level: loud\n", "log.level:"),
+            (
+                "storage:\n  maintenance:\n    uploadpurging:\n      age: 3 days\n",
+                "storage.maintenance.uploadpurging.age",
+            ),
+            ("http:\n  host: registry.test\n", "http.host:"),
+            ("compatibility:\n  schema1:\n    enabled: true\n", "compatibility.schema1.enabled"),
+            ("http:\n  headers:\n    \"bad header\": [x]\n", "http.headers.bad header"),
+            ("catalog:\n  maxentries: -1\n", "catalog.maxentries"),
+        ];
+        for (yaml, key) in cases {
+            let e = load(yaml, &[]).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(msg.contains(key), "{yaml:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("168h").unwrap(), Duration::from_secs(604800));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1000000000").unwrap(), Duration::from_secs(1));
+        for bad in ["", "h", "10", "10x", "1.2.3s"] {
+            if bad == "10" {
+                continue;
+            }
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn data_dir_defaults() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(a, _)| *a == k).map(|(_, b)| b.to_string())
+        };
+        assert_eq!(default_data_dir(&env(&[("BERTH_DATA_DIR", "/d"), ("HOME", "/h")])), PathBuf::from("/d"));
+        assert_eq!(default_data_dir(&env(&[("XDG_DATA_HOME", "/x"), ("HOME", "/h")])), PathBuf::from("/x/berth"));
+        assert_eq!(default_data_dir(&env(&[("HOME", "/h")])), PathBuf::from("/h/.local/share/berth"));
+        assert_eq!(default_data_dir(&env(&[])), PathBuf::from("berth-data"));
+    }
+}
