@@ -82,6 +82,8 @@ pub struct ImportedRepository<'a> {
     pub blobs: Vec<(&'a str, i64)>,
     pub manifests: Vec<NewManifest<'a>>,
     pub tags: Vec<(&'a str, &'a str)>,
+    /// Whether the repository has a manifests directory (shows in the catalog).
+    pub listed: bool,
 }
 
 /// Why a manifest could not be recorded.
@@ -202,12 +204,9 @@ impl Metadata {
         Ok(sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1").bind(name).fetch_one(&mut **tx).await?)
     }
 
-    /// Repositories holding at least one manifest, in name order, after `last`.
+    /// Repositories that ever held a manifest, in name order, after `last`.
     pub async fn list_repositories(&self, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT name FROM repositories r WHERE name > $1 \
-             AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id) ORDER BY name LIMIT $2",
-        )
+        Ok(sqlx::query_scalar("SELECT name FROM repositories WHERE listed = 1 AND name > $1 ORDER BY name LIMIT $2")
         .bind(last.unwrap_or(""))
         .bind(limit)
         .fetch_all(&self.read)
@@ -348,6 +347,7 @@ impl Metadata {
     }
 
     async fn insert_manifest(tx: &mut Transaction<'_, Any>, repo_id: i64, m: &NewManifest<'_>) -> Result<()> {
+        sqlx::query("UPDATE repositories SET listed = 1 WHERE id = $1 AND listed = 0").bind(repo_id).execute(&mut **tx).await?;
         let now = now_millis();
         sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(m.digest)
@@ -405,6 +405,9 @@ impl Metadata {
     pub async fn import_repository(&self, imp: &ImportedRepository<'_>) -> Result<()> {
         let mut tx = self.write.begin().await?;
         let repo_id = Self::ensure_repository(&mut tx, imp.repository).await?;
+        if imp.listed {
+            sqlx::query("UPDATE repositories SET listed = 1 WHERE id = $1").bind(repo_id).execute(&mut *tx).await?;
+        }
         let now = now_millis();
         for (digest, size) in &imp.blobs {
             sqlx::query(
@@ -523,12 +526,9 @@ impl Metadata {
     }
 
     /// Tags of a repository in name order after `last`; None when the
-    /// repository holds no manifest.
+    /// repository never held a manifest.
     pub async fn list_tags(&self, repo: &str, last: Option<&str>, limit: i64) -> Result<Option<Vec<String>>> {
-        let known: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM repositories r WHERE r.name = $1 \
-             AND EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)",
-        )
+        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM repositories WHERE name = $1 AND listed = 1")
         .bind(repo)
         .fetch_optional(&self.read)
         .await?;

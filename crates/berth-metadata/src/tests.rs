@@ -106,6 +106,11 @@ async fn catalog_lists_repositories_with_manifests_in_order() {
     md.link_blob("only-blobs", D1, 1).await.unwrap();
     assert_eq!(md.list_repositories(None, 10).await.unwrap(), vec!["a", "b", "b/x", "c"]);
     assert_eq!(md.list_repositories(Some("b"), 2).await.unwrap(), vec!["b/x", "c"]);
+    // Like distribution, a repository stays listed after its last manifest goes.
+    md.delete_manifest("c", M1).await.unwrap();
+    assert_eq!(md.list_repositories(Some("b/x"), 2).await.unwrap(), vec!["c"]);
+    assert_eq!(md.list_tags("c", None, 10).await.unwrap(), Some(vec![]));
+    assert_eq!(md.list_tags("only-blobs", None, 10).await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -142,6 +142,7 @@ async fn import_repository(
         }
     }
 
+    let listed = storage.stat(&layout::manifests_dir(repo)).await.is_ok();
     let mut tags: Vec<(String, String)> = Vec::new();
     for tag in list_or_empty(storage, &layout::tags_dir(repo)).await? {
         let Ok(t) = berth_types::Tag::parse(&tag) else { continue };
@@ -174,6 +175,7 @@ async fn import_repository(
         blobs: blobs.iter().map(|(d, s)| (d.as_str(), *s)).collect(),
         manifests: records,
         tags: tags.iter().map(|(t, d)| (t.as_str(), d.as_str())).collect(),
+        listed,
     })
     .await?;
     Ok(())

@@ -1,8 +1,11 @@
--- Repositories are created on first write.
+-- Repositories are created on first write. `listed` is set by the first
+-- manifest (distribution's _manifests directory) and shows the repository in
+-- the catalog from then on, even after its manifests are deleted.
 CREATE TABLE repositories (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
-    created_at BIGINT NOT NULL
+    created_at BIGINT NOT NULL,
+    listed BIGINT NOT NULL DEFAULT 0
 );
 
 -- Every blob in the store, manifests included (manifests are blobs too).

@@ -1,0 +1,260 @@
+//! Shared helpers for end-to-end tests: the real `berth` binary on a free
+//! loopback port, the reference registry, real clients, and a test image.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+}
+
+/// Fails loudly when a client the test needs is missing: `scripts/test.sh`
+/// installs them all. `BERTH_E2E_ALLOW_MISSING=1` turns that into a skip for
+/// a developer machine without them.
+pub fn require(tool: &str) -> bool {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("BERTH_E2E_ALLOW_MISSING").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: {tool} is not installed");
+            return false;
+        }
+        panic!("{tool} is not installed: run scripts/install-test-deps.sh (or set BERTH_E2E_ALLOW_MISSING=1)");
+    }
+    true
+}
+
+/// Runs a command, panicking with its output unless it succeeds.
+#[track_caller]
+pub fn run(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// A running `berth serve`, stopped (SIGTERM) when dropped.
+pub struct Berth {
+    pub child: Child,
+    pub addr: String,
+    pub config: PathBuf,
+}
+
+pub fn berth_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_berth")
+}
+
+/// A configuration listening on a free loopback port with its store at `root`.
+pub fn write_config(dir: &Path, root: &Path, extra: &str) -> PathBuf {
+    let cfg = dir.join("berth.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{extra}",
+            root.display()
+        ),
+    )
+    .expect("write config");
+    cfg
+}
+
+impl Berth {
+    pub fn start(config: &Path) -> Berth {
+        Self::start_with(config, &[])
+    }
+
+    pub fn start_with(config: &Path, env: &[(&str, &str)]) -> Berth {
+        let mut cmd = Command::new(berth_bin());
+        cmd.arg("serve").arg(config).stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn berth");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(a) = line.split("listening on http://").nth(1) {
+                        let _ = tx.send(a.trim().to_owned());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("berth did not announce its address in 60 s");
+        Berth { child, addr, config: config.to_owned() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops with SIGTERM and returns whether it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+
+    /// Kills with SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// The reference registry (distribution 2.8) on a free loopback port.
+pub struct Reference {
+    child: Child,
+    pub addr: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl Reference {
+    pub fn start(dir: &Path, root: &Path) -> Reference {
+        let port = free_port();
+        let cfg = dir.join("reference.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                root.display()
+            ),
+        )
+        .expect("write reference config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn docker-registry");
+        let addr = format!("127.0.0.1:{port}");
+        wait_http_ok(&format!("http://{addr}/v2/"));
+        Reference { child, addr }
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_http_ok(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let ok = Command::new("curl").args(["-sf", "-o", "/dev/null", "--max-time", "2", url]).status().is_ok_and(|s| s.success());
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{url} did not answer in 30 s");
+}
+
+/// The image built by `scripts/make-test-image.sh`, once per test binary.
+pub struct TestImage {
+    pub dir: PathBuf,
+    pub oci_ref: String,
+    pub docker_archive: PathBuf,
+    pub image_name: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub layer_digests: Vec<String>,
+}
+
+pub fn test_image() -> &'static TestImage {
+    static IMAGE: OnceLock<TestImage> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("berth-test-image-{}", std::process::id()));
+        let out = run(Command::new(repo_root().join("scripts/make-test-image.sh")).arg(&dir));
+        let get = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("make-test-image.sh printed no {k}: {out}"))
+                .to_owned()
+        };
+        TestImage {
+            oci_ref: get("OCI_REF"),
+            docker_archive: PathBuf::from(get("DOCKER_ARCHIVE")),
+            image_name: get("IMAGE_NAME"),
+            manifest_digest: get("MANIFEST_DIGEST"),
+            config_digest: get("CONFIG_DIGEST"),
+            layer_digests: get("LAYER_DIGESTS").split_whitespace().map(str::to_owned).collect(),
+            dir,
+        }
+    })
+}
+
+/// `skopeo inspect --raw` of an image, as parsed JSON.
+pub fn skopeo_raw_manifest(image: &str) -> serde_json::Value {
+    let raw = run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")]));
+    serde_json::from_str(&raw).expect("manifest JSON")
+}
+
+pub fn skopeo_copy(src: &str, dst: &str) {
+    run(Command::new("skopeo").args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", src, dst]));
+}
+
+/// sha256 files under an OCI layout's blobs directory.
+pub fn layout_blobs(layout: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(layout.join("blobs/sha256"))
+        .expect("layout blobs")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn oci_layout_path(oci_ref: &str) -> PathBuf {
+    // oci:<path>:<tag>
+    let rest = oci_ref.strip_prefix("oci:").expect("oci ref");
+    PathBuf::from(rest.rsplit_once(':').map(|(p, _)| p).unwrap_or(rest))
+}
+
+/// The Python virtual environment with `oras`, made by scripts/install-test-deps.sh.
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var("BERTH_VENV").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target/venv"));
+    venv.join("bin/python")
+}
