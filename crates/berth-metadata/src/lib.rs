@@ -207,10 +207,10 @@ impl Metadata {
     /// Repositories that ever held a manifest, in name order, after `last`.
     pub async fn list_repositories(&self, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar("SELECT name FROM repositories WHERE listed = 1 AND name > $1 ORDER BY name LIMIT $2")
-        .bind(last.unwrap_or(""))
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?)
+            .bind(last.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?)
     }
 
     pub async fn count_repositories(&self) -> Result<i64> {
@@ -347,7 +347,10 @@ impl Metadata {
     }
 
     async fn insert_manifest(tx: &mut Transaction<'_, Any>, repo_id: i64, m: &NewManifest<'_>) -> Result<()> {
-        sqlx::query("UPDATE repositories SET listed = 1 WHERE id = $1 AND listed = 0").bind(repo_id).execute(&mut **tx).await?;
+        sqlx::query("UPDATE repositories SET listed = 1 WHERE id = $1 AND listed = 0")
+            .bind(repo_id)
+            .execute(&mut **tx)
+            .await?;
         let now = now_millis();
         sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(m.digest)
@@ -529,9 +532,9 @@ impl Metadata {
     /// repository never held a manifest.
     pub async fn list_tags(&self, repo: &str, last: Option<&str>, limit: i64) -> Result<Option<Vec<String>>> {
         let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM repositories WHERE name = $1 AND listed = 1")
-        .bind(repo)
-        .fetch_optional(&self.read)
-        .await?;
+            .bind(repo)
+            .fetch_optional(&self.read)
+            .await?;
         if known.is_none() {
             return Ok(None);
         }

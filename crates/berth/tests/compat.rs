@@ -45,8 +45,12 @@ fn a_store_written_by_the_reference_registry_is_served_by_berth() {
     let b = Berth::start(&cfg);
     assert!(store.join("_berth/metadata.sqlite").exists());
     let catalog = run(Command::new("curl").args(["-sf", &b.url("/v2/_catalog")]));
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&catalog).unwrap()["repositories"], serde_json::json!(["lib/app", "other/app"]));
-    let tags = run(Command::new("skopeo").args(["list-tags", "--tls-verify=false", &format!("docker://{}/lib/app", b.addr)]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&catalog).unwrap()["repositories"],
+        serde_json::json!(["lib/app", "other/app"])
+    );
+    let tags =
+        run(Command::new("skopeo").args(["list-tags", "--tls-verify=false", &format!("docker://{}/lib/app", b.addr)]));
     assert_eq!(serde_json::from_str::<serde_json::Value>(&tags).unwrap()["Tags"], serde_json::json!(["v1", "v2"]));
     assert_eq!(manifest_digest_of(&format!("{}/lib/app:v1", b.addr)), img.manifest_digest);
     let back = dir.path().join("back");
@@ -97,7 +101,16 @@ fn a_store_written_by_berth_is_served_by_the_reference_registry() {
         "POST",
         &b.url("/v2/team/app/blobs/uploads/"),
     ]));
-    run(Command::new("curl").args(["-sf", "-X", "PATCH", "--data-binary", "a blob pushed ", "-H", "Content-Range: 0-13", &loc]));
+    run(Command::new("curl").args([
+        "-sf",
+        "-X",
+        "PATCH",
+        "--data-binary",
+        "a blob pushed ",
+        "-H",
+        "Content-Range: 0-13",
+        &loc,
+    ]));
     run(Command::new("curl").args([
         "-sf",
         "-X",
@@ -115,12 +128,19 @@ fn a_store_written_by_berth_is_served_by_the_reference_registry() {
     let back = dir.path().join("back");
     skopeo_copy(&format!("docker://{}/team/app:v1", reference.addr), &format!("oci:{}:v1", back.display()));
     assert_eq!(layout_blobs(&back), layout_blobs(&oci_layout_path(&img.oci_ref)));
-    let tags = run(Command::new("skopeo").args(["list-tags", "--tls-verify=false", &format!("docker://{}/team/app", reference.addr)]));
+    let tags = run(Command::new("skopeo").args([
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}/team/app", reference.addr),
+    ]));
     assert_eq!(serde_json::from_str::<serde_json::Value>(&tags).unwrap()["Tags"], serde_json::json!(["v1"]));
     let got = run(Command::new("curl").args(["-sf", &format!("http://{}/v2/team/app/blobs/{digest}", reference.addr)]));
     assert_eq!(got.as_bytes(), blob);
     let catalog = run(Command::new("curl").args(["-sf", &format!("http://{}/v2/_catalog", reference.addr)]));
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&catalog).unwrap()["repositories"], serde_json::json!(["team/app", "team/docker"]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&catalog).unwrap()["repositories"],
+        serde_json::json!(["team/app", "team/docker"])
+    );
 }
 
 fn sha256_hex(data: &[u8]) -> String {

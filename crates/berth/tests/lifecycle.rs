@@ -143,11 +143,18 @@ async fn uploads_survive_a_restart_and_a_crash_leaves_no_blob() {
     let r = c.head(b.url(&format!("/v2/crash/test/blobs/{digest}"))).send().await.expect("HEAD");
     assert_eq!(r.status(), 404);
     // The client resends the chunk and finishes.
-    let r = c.patch(&loc).header("content-range", "2000000-5999999").body(data[2_000_000..].to_vec()).send().await.expect("PATCH");
+    let r = c
+        .patch(&loc)
+        .header("content-range", "2000000-5999999")
+        .body(data[2_000_000..].to_vec())
+        .send()
+        .await
+        .expect("PATCH");
     assert_eq!(r.status(), 202);
     let r = c.put(format!("{loc}?digest={digest}")).send().await.expect("PUT");
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
-    let got = c.get(b.url(&format!("/v2/crash/test/blobs/{digest}"))).send().await.expect("GET").bytes().await.expect("body");
+    let got =
+        c.get(b.url(&format!("/v2/crash/test/blobs/{digest}"))).send().await.expect("GET").bytes().await.expect("body");
     assert_eq!(digest_of(&got), digest);
     assert!(b.stop());
 }
@@ -223,10 +230,24 @@ async fn concurrent_pushes_of_the_same_blobs_and_tags_leave_a_consistent_store()
         let (c, base, layers, pushed) = (c.clone(), b.url(""), layers.clone(), pushed.clone());
         async move {
             for l in &layers {
-                let got = c.get(format!("{base}/v2/shared/app/blobs/{}", digest_of(l))).send().await.expect("GET").bytes().await.expect("body");
+                let got = c
+                    .get(format!("{base}/v2/shared/app/blobs/{}", digest_of(l)))
+                    .send()
+                    .await
+                    .expect("GET")
+                    .bytes()
+                    .await
+                    .expect("body");
                 assert_eq!(&got[..], &l[..]);
             }
-            let tags: serde_json::Value = c.get(format!("{base}/v2/shared/app/tags/list")).send().await.expect("tags").json().await.expect("json");
+            let tags: serde_json::Value = c
+                .get(format!("{base}/v2/shared/app/tags/list"))
+                .send()
+                .await
+                .expect("tags")
+                .json()
+                .await
+                .expect("json");
             let mut want: Vec<String> = (0..CLIENTS).map(|i| format!("c{i}")).collect();
             want.push("latest".into());
             assert_eq!(tags["tags"], serde_json::json!(want));

@@ -16,7 +16,8 @@ pub fn repo_root() -> PathBuf {
 /// installs them all. `BERTH_E2E_ALLOW_MISSING=1` turns that into a skip for
 /// a developer machine without them.
 pub fn require(tool: &str) -> bool {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+    let found =
+        Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
     if !found {
         if std::env::var("BERTH_E2E_ALLOW_MISSING").as_deref() == Ok("1") {
             eprintln!("SKIPPED: {tool} is not installed");
@@ -31,7 +32,12 @@ pub fn require(tool: &str) -> bool {
 #[track_caller]
 pub fn run(cmd: &mut Command) -> String {
     let out = output(cmd);
-    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -184,7 +190,10 @@ impl Drop for Reference {
 pub fn wait_http_ok(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let ok = Command::new("curl").args(["-sf", "-o", "/dev/null", "--max-time", "2", url]).status().is_ok_and(|s| s.success());
+        let ok = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "--max-time", "2", url])
+            .status()
+            .is_ok_and(|s| s.success());
         if ok {
             return;
         }
@@ -229,12 +238,20 @@ pub fn test_image() -> &'static TestImage {
 
 /// `skopeo inspect --raw` of an image, as parsed JSON.
 pub fn skopeo_raw_manifest(image: &str) -> serde_json::Value {
-    let raw = run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")]));
+    let raw =
+        run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")]));
     serde_json::from_str(&raw).expect("manifest JSON")
 }
 
 pub fn skopeo_copy(src: &str, dst: &str) {
-    run(Command::new("skopeo").args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", src, dst]));
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        src,
+        dst,
+    ]));
 }
 
 /// sha256 files under an OCI layout's blobs directory.
