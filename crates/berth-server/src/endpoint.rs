@@ -25,6 +25,19 @@ pub enum Endpoint {
     Referrers { name: RepoName, digest: Digest },
 }
 
+impl Endpoint {
+    /// The methods an endpoint answers, for `Allow` on a 405.
+    pub fn allowed_methods(&self) -> &'static str {
+        match self {
+            Endpoint::Base | Endpoint::Catalog | Endpoint::Tags { .. } | Endpoint::Referrers { .. } => "GET, HEAD",
+            Endpoint::Manifest { .. } => "GET, HEAD, PUT, DELETE",
+            Endpoint::Blob { .. } => "GET, HEAD, DELETE",
+            Endpoint::Uploads { .. } => "POST",
+            Endpoint::Upload { .. } => "GET, HEAD, PATCH, PUT, DELETE",
+        }
+    }
+}
+
 /// Why a path names no endpoint, or names one with invalid parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathError {

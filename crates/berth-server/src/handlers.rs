@@ -40,6 +40,7 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
     };
     let ctx = Ctx { state: &state, headers: &parts.headers, query: query_map(parts.uri.query()) };
     let m = &parts.method;
+    let allow = endpoint.allowed_methods();
     let result = match endpoint {
         Endpoint::Base if is_get(m) => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"), None)),
         Endpoint::Catalog if is_get(m) => ctx.catalog().await,
@@ -49,24 +50,24 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
             Method::HEAD => ctx.get_manifest(&name, &reference, false).await,
             Method::PUT => ctx.put_manifest(&name, &reference, body).await,
             Method::DELETE => ctx.delete_manifest(&name, &reference).await,
-            _ => Err(method_not_allowed(m)),
+            _ => Err(method_not_allowed(m, allow)),
         },
         Endpoint::Blob { name, digest } => match *m {
             Method::GET => ctx.get_blob(&name, &digest, true).await,
             Method::HEAD => ctx.get_blob(&name, &digest, false).await,
             Method::DELETE => ctx.delete_blob(&name, &digest).await,
-            _ => Err(method_not_allowed(m)),
+            _ => Err(method_not_allowed(m, allow)),
         },
         Endpoint::Uploads { name } if *m == Method::POST => ctx.start_upload(&name, body).await,
         Endpoint::Upload { name, id } => match *m {
-            Method::GET => ctx.upload_status(&name, &id).await,
+            Method::GET | Method::HEAD => ctx.upload_status(&name, &id).await,
             Method::PATCH => ctx.patch_upload(&name, &id, body).await,
             Method::PUT => ctx.put_upload(&name, &id, body).await,
             Method::DELETE => ctx.cancel_upload(&name, &id).await,
-            _ => Err(method_not_allowed(m)),
+            _ => Err(method_not_allowed(m, allow)),
         },
         Endpoint::Referrers { name, digest } if is_get(m) => ctx.referrers(&name, &digest).await,
-        _ => Err(method_not_allowed(m)),
+        _ => Err(method_not_allowed(m, allow)),
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
@@ -75,8 +76,15 @@ fn is_get(m: &Method) -> bool {
     *m == Method::GET || *m == Method::HEAD
 }
 
-fn method_not_allowed(m: &Method) -> ApiError {
-    ApiError::unsupported(format!("method {m} is not allowed on this endpoint"))
+fn method_not_allowed(m: &Method, allow: &str) -> ApiError {
+    ApiError::unsupported(format!("method {m} is not allowed on this endpoint")).with_header(header::ALLOW, allow)
+}
+
+/// `GET /`: distribution answers 200 here, and load balancers probe it.
+pub(crate) async fn root() -> Response {
+    let mut r = empty(StatusCode::OK);
+    set(r.headers_mut(), header::CACHE_CONTROL, "no-cache");
+    r
 }
 
 fn query_map(q: Option<&str>) -> HashMap<String, String> {
@@ -101,7 +109,7 @@ fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
 fn empty(status: StatusCode) -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = status;
-    if status != StatusCode::NO_CONTENT {
+    if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
         set(r.headers_mut(), header::CONTENT_LENGTH, "0");
     }
     r
@@ -166,8 +174,11 @@ fn byte_range(h: &HeaderMap, size: u64) -> ByteRange {
 }
 
 fn etag_matches(h: &HeaderMap, digest: &Digest) -> bool {
-    header_str(h, &header::IF_NONE_MATCH)
-        .is_some_and(|v| v.split(',').any(|t| t.trim().trim_start_matches("W/").trim_matches('"') == digest.as_str()))
+    header_str(h, &header::IF_NONE_MATCH).is_some_and(|v| {
+        v.split(',')
+            .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
+            .any(|t| t == "*" || t == digest.as_str())
+    })
 }
 
 /// Media types the client accepts, from every Accept header (q-values ignored).
@@ -288,21 +299,40 @@ impl Ctx<'_> {
     // ---- manifests ----
 
     async fn get_manifest(&self, name: &RepoName, reference: &Reference, with_body: bool) -> ApiResult {
-        let (meta, content) = if with_body {
+        let accepts = accepted(self.headers);
+        let (mut meta, mut content) = if with_body {
             let m = self.registry().get_manifest(name, reference).await?;
             (m.meta, Some(m.content))
         } else {
             (self.registry().stat_manifest(name, reference).await?, None)
         };
+        // A client that accepts Docker schema 2 but not manifest lists gets the
+        // list's linux/amd64 image when it asks by tag, as from distribution.
+        let lists_refused = !accepts.is_empty() && !accepts.iter().any(|a| a == media::DOCKER_MANIFEST_LIST);
+        if meta.media_type == media::DOCKER_MANIFEST_LIST
+            && matches!(reference, Reference::Tag(_))
+            && lists_refused
+            && accepts.iter().any(|a| a == media::DOCKER_MANIFEST)
+        {
+            let list = match content {
+                Some(c) => c,
+                None => self.registry().get_manifest(name, reference).await?.content,
+            };
+            let child = default_platform_child(&list).ok_or_else(|| {
+                ApiError::from(RegistryError::ManifestUnknown)
+                    .with_detail("the manifest list has no linux/amd64 image for a client that cannot read lists")
+            })?;
+            let m = self.registry().get_manifest(name, &Reference::Digest(child)).await?;
+            meta = m.meta;
+            content = with_body.then_some(m.content);
+        }
         // As distribution: a client that lists what it accepts and leaves out
         // an OCI type does not get that manifest.
-        let accepts = accepted(self.headers);
         let is_oci = meta.media_type == media::OCI_MANIFEST || meta.media_type == media::OCI_INDEX;
         let wildcard = accepts.iter().any(|a| a == "*/*" || a == "application/*");
         if is_oci && !accepts.is_empty() && !wildcard && !accepts.contains(&meta.media_type) {
-            return Err(RegistryError::ManifestUnknown.into()).map_err(|e: ApiError| {
-                e.with_detail(format!("{} found, but the Accept header does not allow it", meta.media_type))
-            });
+            return Err(ApiError::from(RegistryError::ManifestUnknown)
+                .with_detail(format!("{} found, but the Accept header does not allow it", meta.media_type)));
         }
         let digest = meta.digest.to_string();
         let mut r = if etag_matches(self.headers, &meta.digest) {
@@ -321,10 +351,7 @@ impl Ctx<'_> {
 
     async fn put_manifest(&self, name: &RepoName, reference: &Reference, body: Body) -> ApiResult {
         let ct = header_str(self.headers, &header::CONTENT_TYPE).map(str::to_owned);
-        if content_length(self.headers).is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
-            return Err(RegistryError::ManifestTooLarge.into());
-        }
-        let content = read_limited(body, MAX_MANIFEST_SIZE).await?;
+        let content = read_limited(body, MAX_MANIFEST_SIZE, content_length(self.headers)).await?;
         let res = self.registry().put_manifest(name, reference, ct.as_deref(), content).await?;
         let mut r = empty(StatusCode::CREATED);
         let h = r.headers_mut();
@@ -365,7 +392,7 @@ impl Ctx<'_> {
                 ByteRange::Unsatisfiable => {
                     let mut r = empty(StatusCode::RANGE_NOT_SATISFIABLE);
                     set(r.headers_mut(), header::CONTENT_RANGE, &format!("bytes */{size}"));
-                    return Ok(r);
+                    r
                 }
                 ByteRange::Whole => {
                     let body = if with_body && size > 0 {
@@ -444,8 +471,11 @@ impl Ctx<'_> {
 
     async fn start_upload(&self, name: &RepoName, body: Body) -> ApiResult {
         if let Some(mount) = self.query.get("mount") {
-            let digest = Digest::parse(mount).map_err(|e| ApiError::digest_invalid(e.to_string()))?;
-            if let Some(from) = self.query.get("from").and_then(|f| RepoName::parse(f).ok()) {
+            // Whatever keeps the mount from happening, the client gets a
+            // normal upload session (202), as the spec and distribution do.
+            let digest = Digest::parse(mount).ok();
+            let from = self.query.get("from").and_then(|f| RepoName::parse(f).ok());
+            if let (Some(digest), Some(from)) = (digest, from) {
                 if self.registry().mount_blob(name, &from, &digest).await?.is_some() {
                     return Ok(self.blob_created(name, &digest));
                 }
@@ -500,7 +530,9 @@ impl Ctx<'_> {
 
     async fn cancel_upload(&self, name: &RepoName, id: &Uuid) -> ApiResult {
         self.registry().cancel_upload(name, id).await?;
-        Ok(empty(StatusCode::NO_CONTENT))
+        let mut r = empty(StatusCode::NO_CONTENT);
+        set(r.headers_mut(), DOCKER_UPLOAD_UUID, &id.to_string());
+        Ok(r)
     }
 }
 
@@ -508,21 +540,44 @@ fn stream_body(s: BodyStream) -> Body {
     Body::from_stream(s)
 }
 
+/// Bodies this much over a limit are still read (and dropped) so the client
+/// sees the error answer instead of a connection reset mid-upload.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// Reads a whole body of at most `limit` bytes.
-async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_limited(mut body: Body, limit: usize, declared: Option<u64>) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::from(RegistryError::ManifestTooLarge);
+    if declared.is_some_and(|l| l > DRAIN_LIMIT) {
+        return Err(too_large());
+    }
     let mut buf = BytesMut::new();
-    let mut body = body;
+    let mut seen = 0u64;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "request body could not be read")
                 .with_detail(e.to_string())
         })?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(RegistryError::ManifestTooLarge.into());
+            seen += data.len() as u64;
+            if seen > DRAIN_LIMIT {
+                return Err(too_large());
             }
-            buf.extend_from_slice(&data);
+            if seen <= limit as u64 {
+                buf.extend_from_slice(&data);
+            }
         }
     }
+    if seen > limit as u64 {
+        return Err(too_large());
+    }
     Ok(buf.freeze())
+}
+
+/// The linux/amd64 entry of a Docker manifest list.
+fn default_platform_child(list: &[u8]) -> Option<Digest> {
+    let info = berth_types::ManifestInfo::parse(Some(media::DOCKER_MANIFEST_LIST), list).ok()?;
+    info.manifests.into_iter().find_map(|d| {
+        let p = d.platform.as_ref()?;
+        (p["os"] == "linux" && p["architecture"] == "amd64").then_some(d.digest)
+    })
 }

@@ -65,6 +65,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(registry: Registry, config: ServerConfig) -> Router {
     let state = AppState { registry, config: Arc::new(config) };
     Router::new()
+        .route("/", axum::routing::get(handlers::root))
         .route("/v2", axum::routing::any(handlers::dispatch))
         .route("/v2/", axum::routing::any(handlers::dispatch))
         .route("/v2/{*rest}", axum::routing::any(handlers::dispatch))

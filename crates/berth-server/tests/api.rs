@@ -155,6 +155,10 @@ async fn base_endpoint_answers_200_json() {
     }
     app.send(Method::HEAD, "/v2/", &[], Bytes::new()).await.expect(200);
     app.get("/nope").await.expect(404);
+    // The root answers 200 for load balancer probes, as distribution's does.
+    let r = app.get("/").await;
+    r.expect(200);
+    assert_eq!(r.header("cache-control"), "no-cache");
 }
 
 #[tokio::test]
@@ -183,10 +187,15 @@ async fn monolithic_push_then_head_and_get() {
     app.get(&format!("/v2/other/blobs/{d}")).await.expect_error(404, "BLOB_UNKNOWN");
     // A percent-encoded colon is the same digest.
     app.get(&format!("/v2/a/b/blobs/{}", d.as_str().replace(':', "%3A"))).await.expect(200);
-    // Conditional GET.
+    // Conditional requests.
     app.send(Method::GET, &format!("/v2/a/b/blobs/{d}"), &[("if-none-match", &format!("\"{d}\""))], Bytes::new())
         .await
         .expect(304);
+    let r = app.send(Method::HEAD, &format!("/v2/a/b/blobs/{d}"), &[("if-none-match", "*")], Bytes::new()).await;
+    r.expect(304);
+    assert_eq!(r.header("content-length"), "");
+    let other = format!("\"{}\"", Digest::of_bytes(b"other"));
+    app.send(Method::GET, &format!("/v2/a/b/blobs/{d}"), &[("if-none-match", &other)], Bytes::new()).await.expect(200);
 }
 
 #[tokio::test]
@@ -212,6 +221,7 @@ async fn blob_ranges_answer_206_or_416() {
     let r = app.send(Method::GET, &uri, &[("range", "bytes=1000-")], Bytes::new()).await;
     r.expect(416);
     assert_eq!(r.header("content-range"), "bytes */1000");
+    assert_eq!(r.header("docker-content-digest"), d.as_str());
     // Unparsable ranges are ignored, as HTTP allows.
     app.send(Method::GET, &uri, &[("range", "items=1-2")], Bytes::new()).await.expect(200);
 }
@@ -256,6 +266,10 @@ async fn chunked_upload_checks_content_range() {
     let s = app.get(&path).await;
     s.expect(204);
     assert_eq!(s.header("range"), "0-99");
+    let s = app.send(Method::HEAD, &path, &[], Bytes::new()).await;
+    s.expect(204);
+    assert_eq!(s.header("range"), "0-99");
+    assert_eq!(s.header("docker-upload-uuid"), id);
 
     // A chunk without Content-Range is appended (streamed upload).
     app.send(Method::PATCH, &path, &[], data[100..200].to_vec()).await.expect(202);
@@ -313,7 +327,9 @@ async fn upload_sessions_can_be_cancelled_and_unknown_ones_are_404() {
     let r = app.send(Method::POST, "/v2/r/blobs/uploads/", &[], Bytes::new()).await;
     let path = r.header("location").trim_start_matches("http://registry.test:5000").to_owned();
     app.send(Method::PATCH, &path, &[], b"partial".to_vec()).await.expect(202);
-    app.send(Method::DELETE, &path, &[], Bytes::new()).await.expect(204);
+    let r = app.send(Method::DELETE, &path, &[], Bytes::new()).await;
+    r.expect(204);
+    assert!(path.ends_with(r.header("docker-upload-uuid")));
     app.get(&path).await.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
     app.send(Method::DELETE, &path, &[], Bytes::new()).await.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
     app.send(Method::PATCH, &path, &[], b"more".to_vec()).await.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
@@ -341,9 +357,10 @@ async fn cross_repository_mount() {
         r.expect(202);
         assert!(!r.header("docker-upload-uuid").is_empty());
     }
-    app.send(Method::POST, "/v2/dst/blobs/uploads/?mount=bad&from=src/repo", &[], Bytes::new())
-        .await
-        .expect_error(400, "DIGEST_INVALID");
+    // Even an invalid digest only means "no mount": a normal session.
+    let r = app.send(Method::POST, "/v2/dst/blobs/uploads/?mount=bad&from=src/repo", &[], Bytes::new()).await;
+    r.expect(202);
+    assert!(!r.header("docker-upload-uuid").is_empty());
 }
 
 #[tokio::test]
@@ -420,6 +437,28 @@ async fn docker_schema2_and_manifest_list() {
     let r = app.get("/v2/d/manifests/amd64").await;
     r.expect(200);
     assert_eq!(r.header("content-type"), media::DOCKER_MANIFEST);
+    // A client that reads schema 2 but not lists gets the linux/amd64 image, by tag.
+    for method in [Method::GET, Method::HEAD] {
+        let r = app
+            .send(method.clone(), "/v2/d/manifests/latest", &[("accept", media::DOCKER_MANIFEST)], Bytes::new())
+            .await;
+        r.expect(200);
+        assert_eq!(r.header("content-type"), media::DOCKER_MANIFEST);
+        assert_eq!(r.header("docker-content-digest"), md.as_str());
+        if method == Method::GET {
+            assert_eq!(&r.body[..], &m[..]);
+        }
+    }
+    // By digest the list itself is answered.
+    let r = app
+        .send(
+            Method::GET,
+            &format!("/v2/d/manifests/{}", Digest::of_bytes(&list)),
+            &[("accept", media::DOCKER_MANIFEST)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.header("content-type"), media::DOCKER_MANIFEST_LIST);
 }
 
 #[tokio::test]
@@ -625,7 +664,9 @@ async fn invalid_names_methods_and_paths() {
     app.send(Method::POST, "/v2/Bad/blobs/uploads/", &[], Bytes::new()).await.expect_error(400, "NAME_INVALID");
     app.get("/v2/a/blobs/sha256:123").await.expect_error(400, "DIGEST_INVALID");
     app.get("/v2/a/manifests/-bad").await.expect_error(400, "TAG_INVALID");
-    app.send(Method::POST, "/v2/a/manifests/latest", &[], Bytes::new()).await.expect_error(405, "UNSUPPORTED");
+    let r = app.send(Method::POST, "/v2/a/manifests/latest", &[], Bytes::new()).await;
+    r.expect_error(405, "UNSUPPORTED");
+    assert_eq!(r.header("allow"), "GET, HEAD, PUT, DELETE");
     app.send(Method::PUT, "/v2/a/tags/list", &[], Bytes::new()).await.expect_error(405, "UNSUPPORTED");
     app.send(Method::PATCH, &format!("/v2/a/blobs/{}", Digest::of_bytes(b"")), &[], Bytes::new())
         .await

@@ -275,3 +275,23 @@ async fn concurrent_pushes_of_the_same_blobs_and_tags_leave_a_consistent_store()
     assert_eq!(std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0), 0);
     assert!(b.stop());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_manifest_gets_an_answer_not_a_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), &dir.path().join("store"), "");
+    let b = Berth::start(&cfg);
+    let c = client();
+    let body = vec![b' '; 5 * 1024 * 1024];
+    let r = c
+        .put(b.url("/v2/big/manifests/latest"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(body)
+        .send()
+        .await
+        .expect("the server answers instead of resetting the connection");
+    assert_eq!(r.status(), 413);
+    let v: serde_json::Value = r.json().await.expect("OCI error JSON");
+    assert_eq!(v["errors"][0]["code"], "MANIFEST_INVALID");
+    assert!(b.stop());
+}
