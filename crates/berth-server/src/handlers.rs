@@ -109,9 +109,16 @@ fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
 fn empty(status: StatusCode) -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = status;
-    if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
+    if status != StatusCode::NO_CONTENT {
         set(r.headers_mut(), header::CONTENT_LENGTH, "0");
     }
+    r
+}
+
+/// A 304 may carry Content-Length only as the size a 200 would have had (RFC 9110 8.6).
+fn not_modified(size: u64) -> Response {
+    let mut r = empty(StatusCode::NOT_MODIFIED);
+    set(r.headers_mut(), header::CONTENT_LENGTH, &size.to_string());
     r
 }
 
@@ -336,7 +343,7 @@ impl Ctx<'_> {
         }
         let digest = meta.digest.to_string();
         let mut r = if etag_matches(self.headers, &meta.digest) {
-            empty(StatusCode::NOT_MODIFIED)
+            not_modified(meta.size)
         } else {
             let mut r = Response::new(content.map(Body::from).unwrap_or_else(Body::empty));
             set(r.headers_mut(), header::CONTENT_TYPE, &meta.media_type);
@@ -386,7 +393,7 @@ impl Ctx<'_> {
         let info = self.registry().stat_blob(name, digest).await?;
         let size = info.size;
         let mut r = if etag_matches(self.headers, digest) {
-            empty(StatusCode::NOT_MODIFIED)
+            not_modified(size)
         } else {
             match byte_range(self.headers, size) {
                 ByteRange::Unsatisfiable => {
