@@ -7,10 +7,9 @@
 //! first (verified, atomically committed), then the distribution-layout links,
 //! then the metadata row. What the metadata says exists is always in storage.
 
-use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use berth_metadata::{Metadata, NewManifest, PutManifestOutcome, UploadRow};
 use berth_storage::{layout, StorageDriver};
@@ -22,6 +21,7 @@ use uuid::Uuid;
 mod error;
 pub mod import;
 mod ingest;
+mod locks;
 
 pub use error::{RegistryError, Result};
 
@@ -90,32 +90,23 @@ struct Inner {
     storage: Arc<dyn StorageDriver>,
     meta: Metadata,
     config: RegistryConfig,
-    // Serialises requests on one upload within this process.
-    upload_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// Holds an upload's lock and drops the map entry when the last holder leaves.
-struct UploadGuard {
-    registry: Registry,
-    id: Uuid,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl Drop for UploadGuard {
-    fn drop(&mut self) {
-        let mut locks = self.registry.inner.upload_locks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = locks.get(&self.id) {
-            // Two references: the map's and ours (the guard keeps the Arc alive).
-            if Arc::strong_count(l) <= 2 {
-                locks.remove(&self.id);
-            }
-        }
-    }
+    // Serialise requests on one upload, and tag changes in one repository,
+    // within this process.
+    upload_locks: locks::KeyedLocks<Uuid>,
+    repo_locks: locks::KeyedLocks<RepoName>,
 }
 
 impl Registry {
     pub fn new(storage: Arc<dyn StorageDriver>, meta: Metadata, config: RegistryConfig) -> Self {
-        Registry { inner: Arc::new(Inner { storage, meta, config, upload_locks: Mutex::new(HashMap::new()) }) }
+        Registry {
+            inner: Arc::new(Inner {
+                storage,
+                meta,
+                config,
+                upload_locks: locks::KeyedLocks::default(),
+                repo_locks: locks::KeyedLocks::default(),
+            }),
+        }
     }
 
     pub fn storage(&self) -> &Arc<dyn StorageDriver> {
@@ -202,12 +193,8 @@ impl Registry {
 
     // ---- uploads ----
 
-    async fn lock_upload(&self, id: Uuid) -> UploadGuard {
-        let lock = {
-            let mut locks = self.inner.upload_locks.lock().unwrap_or_else(|e| e.into_inner());
-            locks.entry(id).or_default().clone()
-        };
-        UploadGuard { registry: self.clone(), id, _guard: lock.lock_owned().await }
+    async fn lock_upload(&self, id: Uuid) -> locks::KeyGuard<Uuid> {
+        self.inner.upload_locks.lock(id).await
     }
 
     async fn upload_row(&self, repo: &RepoName, id: &Uuid) -> Result<UploadRow> {
@@ -516,6 +503,12 @@ impl Registry {
             storage.put_content(&blob_path, content.clone()).await?;
         }
         storage.put_content(&layout::revision_link(repo, &digest), layout::link_content(&digest)).await?;
+        // Tag links and the tag row change together: concurrent pushes of one
+        // tag must leave storage and metadata naming the same manifest.
+        let _tags = match tag {
+            Some(_) => Some(self.inner.repo_locks.lock(repo.clone()).await),
+            None => None,
+        };
         if let Some(t) = tag {
             storage.put_content(&layout::tag_index_link(repo, t, &digest), layout::link_content(&digest)).await?;
             storage.put_content(&layout::tag_current_link(repo, t), layout::link_content(&digest)).await?;
@@ -548,6 +541,7 @@ impl Registry {
     /// deleting by tag removes only the tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.check_delete()?;
+        let _tags = self.inner.repo_locks.lock(repo.clone()).await;
         let storage = &self.inner.storage;
         match reference {
             Reference::Tag(t) => {

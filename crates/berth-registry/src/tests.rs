@@ -237,6 +237,38 @@ async fn concurrent_pushes_of_the_same_blob_and_tag_stay_consistent() {
 }
 
 #[tokio::test]
+async fn concurrent_pushes_of_one_tag_leave_storage_and_metadata_agreeing() {
+    let e = env().await;
+    let repo = name("race");
+    let config = push_blob(&e.reg, &repo, b"{}").await;
+    let tag = Reference::parse("latest").unwrap();
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let (reg, repo, tag, config) = (e.reg.clone(), repo.clone(), tag.clone(), config.clone());
+            tasks.push(tokio::spawn(async move {
+                let m = Bytes::from(format!(
+                    r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[],"annotations":{{"n":"{round}-{i}"}}}}"#,
+                    berth_types::media::OCI_MANIFEST
+                ));
+                reg.put_manifest(&repo, &tag, None, m).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let in_db = e.reg.stat_manifest(&repo, &tag).await.unwrap().digest;
+        let link = e
+            .reg
+            .storage()
+            .get_content(&layout::tag_current_link(&repo, &Tag::parse("latest").unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(layout::parse_link(&link), Some(in_db), "round {round}");
+    }
+}
+
+#[tokio::test]
 async fn listings_paginate() {
     let e = env().await;
     for r in ["b", "a", "c"] {
