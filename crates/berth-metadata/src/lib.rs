@@ -9,10 +9,14 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+
+mod cache;
+use cache::{Cache, Kind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -105,7 +109,11 @@ pub struct Metadata {
     write: AnyPool,
     #[allow(dead_code)]
     backend: Backend,
+    cache: Arc<Cache>,
 }
+
+/// Listings longer than this are not cached, but paged from the database.
+const MAX_CACHED_LIST: i64 = 100_000;
 
 type SetupFuture<'c> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'c>>;
 
@@ -135,7 +143,8 @@ impl Metadata {
         let opts = AnyConnectOptions::from_str(&url)?;
         let setup = sqlite_setup;
         let write = AnyPoolOptions::new().max_connections(1).after_connect(setup).connect_with(opts.clone()).await?;
-        let md = Metadata { read: write.clone(), write, backend: Backend::Sqlite };
+        // This process is the embedded database's only writer, so it may cache reads.
+        let md = Metadata { read: write.clone(), write, backend: Backend::Sqlite, cache: Arc::new(Cache::new(true)) };
         md.migrate(SQLITE_MIGRATIONS).await?;
         let read = AnyPoolOptions::new().max_connections(8).after_connect(setup).connect_with(opts).await?;
         Ok((Metadata { read, ..md }, created))
@@ -206,6 +215,25 @@ impl Metadata {
 
     /// Repositories that ever held a manifest, in name order, after `last`.
     pub async fn list_repositories(&self, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
+        let all = match self.cache.catalog() {
+            Some(all) => Some(all),
+            None => {
+                let token = self.cache.catalog_token();
+                let names: Vec<String> =
+                    sqlx::query_scalar("SELECT name FROM repositories WHERE listed = 1 ORDER BY name LIMIT $1")
+                        .bind(MAX_CACHED_LIST + 1)
+                        .fetch_all(&self.read)
+                        .await?;
+                (names.len() as i64 <= MAX_CACHED_LIST).then(|| {
+                    let names = Arc::new(names);
+                    self.cache.put_catalog(token, names.clone());
+                    names
+                })
+            }
+        };
+        if let Some(all) = all {
+            return Ok(page_after(&all, last, limit));
+        }
         Ok(sqlx::query_scalar("SELECT name FROM repositories WHERE listed = 1 AND name > $1 ORDER BY name LIMIT $2")
             .bind(last.unwrap_or(""))
             .bind(limit)
@@ -221,7 +249,11 @@ impl Metadata {
 
     /// Size of a blob readable in `repo`: linked as a layer, or a manifest of it.
     pub async fn repository_blob_size(&self, repo: &str, digest: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
+        if let Some(hit) = self.cache.blob(repo, digest) {
+            return Ok(hit);
+        }
+        let token = self.cache.token(repo);
+        let size = sqlx::query_scalar(
             "SELECT b.size FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
                JOIN blobs b ON b.digest = rb.digest WHERE r.name = $1 AND rb.digest = $2 \
              UNION ALL SELECT m.size FROM manifests m JOIN repositories r ON r.id = m.repository_id \
@@ -230,7 +262,9 @@ impl Metadata {
         .bind(repo)
         .bind(digest)
         .fetch_optional(&self.read)
-        .await?)
+        .await?;
+        self.cache.put_blob(repo, token, digest, size);
+        Ok(size)
     }
 
     /// Size of a blob known anywhere in the store.
@@ -262,6 +296,7 @@ impl Metadata {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.cache.invalidate(repo);
         Ok(())
     }
 
@@ -275,6 +310,7 @@ impl Metadata {
         .bind(digest)
         .execute(&self.write)
         .await?;
+        self.cache.invalidate(repo);
         Ok(r.rows_affected() > 0)
     }
 
@@ -285,28 +321,37 @@ impl Metadata {
     }
 
     pub async fn get_manifest(&self, repo: &str, digest: &str) -> Result<Option<ManifestRow>> {
-        let row = sqlx::query(
+        self.cached_row(
+            Kind::Manifest,
+            repo,
+            digest,
             "SELECT m.digest, m.media_type, m.size FROM manifests m JOIN repositories r ON r.id = m.repository_id \
              WHERE r.name = $1 AND m.digest = $2",
         )
-        .bind(repo)
-        .bind(digest)
-        .fetch_optional(&self.read)
-        .await?;
-        row.as_ref().map(Self::manifest_row).transpose()
+        .await
     }
 
     pub async fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<ManifestRow>> {
-        let row = sqlx::query(
+        self.cached_row(
+            Kind::TagRow,
+            repo,
+            tag,
             "SELECT m.digest, m.media_type, m.size FROM tags t JOIN repositories r ON r.id = t.repository_id \
              JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest \
              WHERE r.name = $1 AND t.name = $2",
         )
-        .bind(repo)
-        .bind(tag)
-        .fetch_optional(&self.read)
-        .await?;
-        row.as_ref().map(Self::manifest_row).transpose()
+        .await
+    }
+
+    async fn cached_row(&self, kind: Kind, repo: &str, key: &str, sql: &'static str) -> Result<Option<ManifestRow>> {
+        if let Some(hit) = self.cache.row(kind, repo, key) {
+            return Ok(hit);
+        }
+        let token = self.cache.token(repo);
+        let row = sqlx::query(sql).bind(repo).bind(key).fetch_optional(&self.read).await?;
+        let row = row.as_ref().map(Self::manifest_row).transpose()?;
+        self.cache.put_row(kind, repo, token, key, row.clone());
+        Ok(row)
     }
 
     /// Records a manifest, its references and optionally a tag, in one
@@ -343,6 +388,7 @@ impl Metadata {
         }
         Self::insert_manifest(&mut tx, repo_id, m).await?;
         tx.commit().await?;
+        self.cache.invalidate(m.repository);
         Ok(PutManifestOutcome::Stored)
     }
 
@@ -448,6 +494,7 @@ impl Metadata {
             .await?;
         }
         tx.commit().await?;
+        self.cache.invalidate(imp.repository);
         Ok(())
     }
 
@@ -485,6 +532,7 @@ impl Metadata {
             .await?
             .rows_affected();
         tx.commit().await?;
+        self.cache.invalidate(repo);
         Ok((n > 0).then_some(tags))
     }
 
@@ -502,6 +550,7 @@ impl Metadata {
         .bind(now_millis())
         .execute(&self.write)
         .await?;
+        self.cache.invalidate(repo);
         Ok(r.rows_affected() > 0)
     }
 
@@ -525,20 +574,47 @@ impl Metadata {
             .await?;
         }
         tx.commit().await?;
+        self.cache.invalidate(repo);
         Ok(digest)
     }
 
     /// Tags of a repository in name order after `last`; None when the
     /// repository never held a manifest.
     pub async fn list_tags(&self, repo: &str, last: Option<&str>, limit: i64) -> Result<Option<Vec<String>>> {
-        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM repositories WHERE name = $1 AND listed = 1")
-            .bind(repo)
-            .fetch_optional(&self.read)
-            .await?;
-        if known.is_none() {
-            return Ok(None);
-        }
-        let tags = sqlx::query_scalar(
+        let all = match self.cache.tags(repo) {
+            Some(hit) => hit,
+            None => {
+                let token = self.cache.token(repo);
+                let known: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM repositories WHERE name = $1 AND listed = 1")
+                        .bind(repo)
+                        .fetch_optional(&self.read)
+                        .await?;
+                if known.is_none() {
+                    self.cache.put_tags(repo, token, None);
+                    return Ok(None);
+                }
+                let tags: Vec<String> = sqlx::query_scalar(
+                    "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id \
+                     WHERE r.name = $1 ORDER BY t.name LIMIT $2",
+                )
+                .bind(repo)
+                .bind(MAX_CACHED_LIST + 1)
+                .fetch_all(&self.read)
+                .await?;
+                if tags.len() as i64 > MAX_CACHED_LIST {
+                    return self.page_tags(repo, last, limit).await.map(Some);
+                }
+                let tags = Arc::new(tags);
+                self.cache.put_tags(repo, token, Some(tags.clone()));
+                Some(tags)
+            }
+        };
+        Ok(all.map(|all| page_after(&all, last, limit)))
+    }
+
+    async fn page_tags(&self, repo: &str, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
             "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id \
              WHERE r.name = $1 AND t.name > $2 ORDER BY t.name LIMIT $3",
         )
@@ -546,8 +622,7 @@ impl Metadata {
         .bind(last.unwrap_or(""))
         .bind(limit)
         .fetch_all(&self.read)
-        .await?;
-        Ok(Some(tags))
+        .await?)
     }
 
     /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
@@ -645,6 +720,15 @@ impl Metadata {
         .await?;
         rows.iter().map(Self::upload_row).collect()
     }
+}
+
+/// The entries of a sorted list after `last`, at most `limit` of them.
+fn page_after(all: &[String], last: Option<&str>, limit: i64) -> Vec<String> {
+    let start = match last {
+        Some(l) => all.partition_point(|x| x.as_str() <= l),
+        None => 0,
+    };
+    all[start..].iter().take(limit.max(0) as usize).cloned().collect()
 }
 
 #[cfg(test)]
