@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 use uuid::Uuid;
 
+mod content_cache;
 mod error;
 pub mod import;
 mod ingest;
@@ -94,7 +95,11 @@ struct Inner {
     // within this process.
     upload_locks: locks::KeyedLocks<Uuid>,
     repo_locks: locks::KeyedLocks<RepoName>,
+    manifests: content_cache::ContentCache,
 }
+
+/// Memory kept for recently served manifests.
+const MANIFEST_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 impl Registry {
     pub fn new(storage: Arc<dyn StorageDriver>, meta: Metadata, config: RegistryConfig) -> Self {
@@ -105,6 +110,7 @@ impl Registry {
                 config,
                 upload_locks: locks::KeyedLocks::default(),
                 repo_locks: locks::KeyedLocks::default(),
+                manifests: content_cache::ContentCache::new(MANIFEST_CACHE_BYTES),
             }),
         }
     }
@@ -440,8 +446,18 @@ impl Registry {
 
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest> {
         let meta = self.resolve(repo, reference).await?;
+        if let Some(content) = self.inner.manifests.get(&meta.digest) {
+            return Ok(Manifest { meta, content });
+        }
         let content = match self.inner.storage.get_content(&layout::blob_data(&meta.digest)).await {
-            Ok(c) => c,
+            Ok(c) if Digest::of_bytes(&c) == meta.digest => {
+                self.inner.manifests.put(&meta.digest, &c);
+                c
+            }
+            Ok(_) => {
+                tracing::error!(digest = %meta.digest, "stored manifest does not match its digest");
+                return Err(RegistryError::Internal("stored manifest is corrupt".into()));
+            }
             Err(e) if e.is_not_found() => {
                 tracing::error!(digest = %meta.digest, "manifest recorded in metadata is missing from storage");
                 return Err(RegistryError::ManifestUnknown);
