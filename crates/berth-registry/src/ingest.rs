@@ -28,7 +28,8 @@ pub(crate) struct Ingested {
 }
 
 /// Appends `body` to `path` at `offset`, continuing `state`. With `limit`, a
-/// body longer than `limit` bytes is an error. The data is durable on return.
+/// body longer than `limit` bytes is an error. With `durable`, the data is on
+/// disk on return; otherwise it is with the operating system.
 pub(crate) async fn ingest(
     storage: &dyn StorageDriver,
     path: &StoragePath,
@@ -36,6 +37,7 @@ pub(crate) async fn ingest(
     state: Sha256State,
     mut body: BodyStream,
     limit: Option<u64>,
+    durable: bool,
 ) -> Result<Ingested> {
     let mut writer = storage.writer(path, offset).await?;
     let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(QUEUE);
@@ -90,7 +92,11 @@ pub(crate) async fn ingest(
                 wrote?;
             }
         }
-        writer.commit().await?;
+        if durable {
+            writer.commit().await?;
+        } else {
+            writer.close().await?;
+        }
         Ok::<_, RegistryError>((state, written))
     };
 

@@ -266,7 +266,9 @@ impl Registry {
         let limit = Self::chunk_limit(size, range, content_length)?;
         let state = Sha256State::from_bytes(&row.hash_state)
             .map_err(|_| RegistryError::BlobUploadInvalid("corrupt upload state".into()))?;
-        let out = self.ingest_upload(repo, id, size, state, body, limit).await?;
+        // A chunk need not reach the disk: only the committed blob must. After
+        // a power loss a chunk may be gone, and the client restarts the upload.
+        let out = self.ingest_upload(repo, id, size, state, body, limit, false).await?;
         let new_size = size + out.written;
         if !self.inner.meta.advance_upload(&row.id, row.size, new_size as i64, &out.state.to_bytes()).await? {
             return Err(RegistryError::RangeInvalid { size });
@@ -274,6 +276,7 @@ impl Registry {
         Ok(UploadStatus { id: *id, size: new_size })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn ingest_upload(
         &self,
         repo: &RepoName,
@@ -282,17 +285,18 @@ impl Registry {
         state: Sha256State,
         body: BodyStream,
         limit: Option<u64>,
+        durable: bool,
     ) -> Result<ingest::Ingested> {
         let path = layout::upload_data(repo, id);
-        let out = ingest::ingest(self.inner.storage.as_ref(), &path, offset, state, body, limit).await.map_err(
-            |e| match e {
+        let out = ingest::ingest(self.inner.storage.as_ref(), &path, offset, state, body, limit, durable)
+            .await
+            .map_err(|e| match e {
                 RegistryError::Storage(berth_storage::StorageError::InvalidOffset { .. })
                 | RegistryError::Storage(berth_storage::StorageError::NotFound(_)) => {
                     RegistryError::BlobUploadInvalid("upload data is missing or shorter than recorded".into())
                 }
                 other => other,
-            },
-        )?;
+            })?;
         if let Some(l) = limit {
             if out.written != l {
                 return Err(RegistryError::SizeInvalid(format!("expected {l} bytes, got {}", out.written)));
@@ -323,13 +327,14 @@ impl Registry {
         match body {
             Some(body) if has_body => {
                 let limit = Self::chunk_limit(size, range, content_length)?;
-                let out = self.ingest_upload(repo, id, size, state, body, limit).await?;
+                let out = self.ingest_upload(repo, id, size, state, body, limit, true).await?;
                 size += out.written;
                 state = out.state;
             }
             _ => {
                 // Drops bytes a failed chunk may have left past the recorded
-                // size, and creates the file of an empty upload.
+                // size, creates the file of an empty upload, and puts the
+                // earlier chunks on disk before the blob is committed.
                 let w = self.inner.storage.writer(&path, size).await.map_err(|e| match e {
                     berth_storage::StorageError::InvalidOffset { .. } | berth_storage::StorageError::NotFound(_) => {
                         RegistryError::BlobUploadInvalid("upload data is missing or shorter than recorded".into())

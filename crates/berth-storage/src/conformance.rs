@@ -65,6 +65,10 @@ pub async fn run_all(d: &dyn StorageDriver) {
     let mut w = d.writer(&up, 6).await.expect("writer at 6");
     w.write(vec![Bytes::from_static(b"ghi")]).await.expect("write");
     drop(w); // interrupted: never committed
+    let mut w = d.writer(&up, 6).await.expect("writer at 6 again");
+    w.write(vec![Bytes::from_static(b"jk")]).await.expect("write");
+    assert_eq!(w.close().await.expect("close"), 8, "close reports the size");
+    assert_eq!(read_all(d, &up, 0, None).await, b"abcdefjk");
     let mut w = d.writer(&up, 6).await.expect("writer resumes at 6");
     w.write(vec![Bytes::from_static(b"XY")]).await.expect("write");
     assert_eq!(w.commit().await.expect("commit"), 8);

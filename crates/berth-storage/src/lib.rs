@@ -101,4 +101,7 @@ pub trait StorageWriter: Send {
     async fn write(&mut self, chunks: Vec<Bytes>) -> Result<()>;
     /// Flushes durably and returns the file's total size.
     async fn commit(self: Box<Self>) -> Result<u64>;
+    /// Closes without waiting for the disk: the data survives a process crash
+    /// but not necessarily a power loss. Returns the file's total size.
+    async fn close(self: Box<Self>) -> Result<u64>;
 }

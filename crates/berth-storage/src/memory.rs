@@ -144,6 +144,10 @@ impl StorageWriter for MemoryWriter {
     async fn commit(self: Box<Self>) -> Result<u64> {
         Ok(self.buf.len() as u64)
     }
+
+    async fn close(self: Box<Self>) -> Result<u64> {
+        Ok(self.buf.len() as u64)
+    }
 }
 
 #[cfg(test)]
