@@ -40,12 +40,19 @@ pub(crate) async fn ingest(
     durable: bool,
 ) -> Result<Ingested> {
     let mut writer = storage.writer(path, offset).await?;
-    let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(QUEUE);
+    // Hashing and writing each take batches from their own queue, so neither
+    // waits for the other, and the body is read meanwhile.
+    let (hash_tx, mut hash_rx) = mpsc::channel::<Vec<Bytes>>(QUEUE);
+    let (write_tx, mut write_rx) = mpsc::channel::<Vec<Bytes>>(QUEUE);
 
     let producer = async move {
         let mut batch = Vec::new();
         let mut batch_len = 0usize;
         let mut total = 0u64;
+        let send = async |batch: Vec<Bytes>| {
+            // A closed queue means the writer stopped; its error is reported instead.
+            hash_tx.send(batch.clone()).await.is_ok() && write_tx.send(batch).await.is_ok()
+        };
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(RegistryError::BodyRead)?;
             total += chunk.len() as u64;
@@ -56,55 +63,59 @@ pub(crate) async fn ingest(
             batch.push(chunk);
             if batch_len >= BATCH {
                 batch_len = 0;
-                if tx.send(mem::take(&mut batch)).await.is_err() {
-                    // The writer stopped; its error is reported instead.
+                if !send(mem::take(&mut batch)).await {
                     return Ok(total);
                 }
             }
         }
         if !batch.is_empty() {
-            let _ = tx.send(batch).await;
+            send(batch).await;
         }
         Ok(total)
     };
 
-    let consumer = async move {
+    let hasher = async move {
         let mut state = state;
-        let mut written = 0u64;
-        while let Some(batch) = rx.recv().await {
+        while let Some(batch) = hash_rx.recv().await {
             let n: usize = batch.iter().map(Bytes::len).sum();
-            written += n as u64;
             if n < INLINE_HASH {
                 for c in &batch {
                     state.update(c);
                 }
-                writer.write(batch).await?;
             } else {
-                let for_hash = batch.clone();
-                let hashing = tokio::task::spawn_blocking(move || {
-                    for c in &for_hash {
+                state = tokio::task::spawn_blocking(move || {
+                    for c in &batch {
                         state.update(c);
                     }
                     state
-                });
-                let wrote = writer.write(batch).await;
-                state = hashing.await.map_err(|e| RegistryError::Internal(format!("hash task failed: {e}")))?;
-                wrote?;
+                })
+                .await
+                .map_err(|e| RegistryError::Internal(format!("hash task failed: {e}")))?;
             }
+        }
+        Ok::<_, RegistryError>(state)
+    };
+
+    let write = async move {
+        let mut written = 0u64;
+        while let Some(batch) = write_rx.recv().await {
+            written += batch.iter().map(|b| b.len() as u64).sum::<u64>();
+            writer.write(batch).await?;
         }
         if durable {
             writer.commit().await?;
         } else {
             writer.close().await?;
         }
-        Ok::<_, RegistryError>((state, written))
+        Ok::<_, RegistryError>(written)
     };
 
-    let (produced, consumed) = tokio::join!(producer, consumer);
-    let (state, written) = consumed?;
+    let (produced, hashed, written) = tokio::join!(producer, hasher, write);
+    let written = written?;
     let total = produced?;
-    if total != written {
-        return Err(RegistryError::Internal("body and stored lengths differ".into()));
+    let state = hashed?;
+    if total != written || state.len() != offset + written {
+        return Err(RegistryError::Internal("body, hashed and stored lengths differ".into()));
     }
     Ok(Ingested { state, written })
 }

@@ -17,6 +17,9 @@ use tracing::Instrument;
 pub mod endpoint;
 pub mod error;
 mod handlers;
+mod serve;
+
+pub use serve::serve;
 
 /// What the HTTP edge needs from the configuration (distribution's `http.*`
 /// and `catalog.*` keys).

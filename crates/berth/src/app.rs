@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::future::IntoFuture;
-
 use anyhow::{Context, Result};
 use berth_metadata::Metadata;
 use berth_registry::import::{self, ImportProgress};
@@ -190,14 +188,13 @@ async fn serve(cfg: &Config, built: Built) -> Result<()> {
     let (storage, db) = describe_storage(cfg);
     let drain = cfg.http.draintimeout;
 
-    let served = if cfg.http.net == "unix" {
+    let drained = if cfg.http.net == "unix" {
         let path = PathBuf::from(&cfg.http.addr);
         let _ = std::fs::remove_file(&path);
         let listener =
             tokio::net::UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
         announce(&format!("unix:{}", path.display()), &storage, &db);
-        let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        drain_or_stop(server.into_future(), &shutdown, drain).await
+        berth_server::serve(listener, router, shutdown.clone().cancelled_owned(), drain).await
     } else {
         let addr =
             if cfg.http.addr.starts_with(':') { format!("0.0.0.0{}", cfg.http.addr) } else { cfg.http.addr.clone() };
@@ -208,16 +205,18 @@ async fn serve(cfg: &Config, built: Built) -> Result<()> {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        drain_or_stop(server.into_future(), &shutdown, drain).await
+        berth_server::serve(listener, router, shutdown.clone().cancelled_owned(), drain).await
     };
+    if !drained {
+        tracing::warn!(?drain, "in-flight requests did not finish within http.draintimeout; stopping");
+    }
     shutdown.cancel();
     for w in workers {
         let _ = w.await;
     }
     registry.metadata().close().await;
     tracing::info!("stopped");
-    served
+    Ok(())
 }
 
 fn announce(addr: &str, storage: &str, db: &str) {
@@ -225,22 +224,6 @@ fn announce(addr: &str, storage: &str, db: &str) {
     println!("berth {} listening on {addr}", env!("CARGO_PKG_VERSION"));
     println!("berth storage: {storage}; metadata: {db}");
     tracing::info!(addr, storage, metadata = db, "listening");
-}
-
-/// Runs the server; once shutdown starts, waits at most `drain` for
-/// in-flight requests to finish.
-async fn drain_or_stop(
-    server: impl std::future::Future<Output = std::io::Result<()>>,
-    shutdown: &CancellationToken,
-    drain: Duration,
-) -> Result<()> {
-    tokio::select! {
-        r = server => r.context("serving"),
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
-            tracing::warn!(?drain, "in-flight requests did not finish within http.draintimeout; stopping");
-            Ok(())
-        }
-    }
 }
 
 async fn signals(shutdown: CancellationToken) {
