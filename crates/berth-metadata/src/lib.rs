@@ -449,13 +449,24 @@ impl Metadata {
         Ok(())
     }
 
-    /// Records everything found for one repository of an existing store, in
-    /// one transaction. Idempotent.
-    pub async fn import_repository(&self, imp: &ImportedRepository<'_>) -> Result<()> {
+    /// Records everything found for some repositories of an existing store,
+    /// in one transaction. Idempotent.
+    pub async fn import_repositories(&self, imps: &[ImportedRepository<'_>]) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        let repo_id = Self::ensure_repository(&mut tx, imp.repository).await?;
+        for imp in imps {
+            Self::import_one(&mut tx, imp).await?;
+        }
+        tx.commit().await?;
+        for imp in imps {
+            self.cache.invalidate(imp.repository);
+        }
+        Ok(())
+    }
+
+    async fn import_one(tx: &mut Transaction<'_, Any>, imp: &ImportedRepository<'_>) -> Result<()> {
+        let repo_id = Self::ensure_repository(tx, imp.repository).await?;
         if imp.listed {
-            sqlx::query("UPDATE repositories SET listed = 1 WHERE id = $1").bind(repo_id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE repositories SET listed = 1 WHERE id = $1").bind(repo_id).execute(&mut **tx).await?;
         }
         let now = now_millis();
         for (digest, size) in &imp.blobs {
@@ -465,7 +476,7 @@ impl Metadata {
             .bind(*digest)
             .bind(*size)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             sqlx::query(
                 "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
@@ -474,11 +485,11 @@ impl Metadata {
             .bind(repo_id)
             .bind(*digest)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
         for m in &imp.manifests {
-            Self::insert_manifest(&mut tx, repo_id, m).await?;
+            Self::insert_manifest(tx, repo_id, m).await?;
         }
         for (tag, digest) in &imp.tags {
             sqlx::query(
@@ -490,11 +501,9 @@ impl Metadata {
             .bind(*tag)
             .bind(*digest)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
-        self.cache.invalidate(imp.repository);
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 use berth_metadata::{ImportedRepository, Metadata, NewManifest};
 use berth_storage::{layout, StorageDriver, StoragePath};
 use berth_types::{Digest, ManifestInfo, RepoName};
+use futures_util::StreamExt;
 
 use crate::error::Result;
 
@@ -70,13 +71,42 @@ pub async fn import(
     let repos = find_repositories(storage).await?;
     progress.repositories_found(repos.len());
     let mut summary = ImportSummary::default();
-    for repo in &repos {
-        import_repository(storage, meta, repo, progress, &mut summary).await?;
-        summary.repositories += 1;
-        progress.repository_done(repo);
+    // Repositories are recorded in batches: one transaction (and one disk
+    // sync) for many small repositories.
+    for batch in repos.chunks(IMPORT_BATCH) {
+        // Scans overlap: each is a chain of small reads that mostly waits.
+        let scanned: Vec<Result<(Found, ImportSummary)>> = futures_util::stream::iter(batch)
+            .map(|repo| async move {
+                let mut s = ImportSummary::default();
+                let f = scan_repository(storage, repo, progress, &mut s).await?;
+                Ok((f, s))
+            })
+            .buffered(SCAN_CONCURRENCY)
+            .collect()
+            .await;
+        let mut found = Vec::with_capacity(batch.len());
+        for r in scanned {
+            let (f, s) = r?;
+            summary.blobs += s.blobs;
+            summary.manifests += s.manifests;
+            summary.tags += s.tags;
+            summary.skipped += s.skipped;
+            found.push(f);
+        }
+        let records: Vec<ImportedRepository<'_>> = found.iter().map(Found::record).collect();
+        meta.import_repositories(&records).await?;
+        for repo in batch {
+            summary.repositories += 1;
+            progress.repository_done(repo);
+        }
     }
     Ok(summary)
 }
+
+/// Repositories recorded per transaction.
+const IMPORT_BATCH: usize = 200;
+/// Repositories scanned at once.
+const SCAN_CONCURRENCY: usize = 16;
 
 struct FoundManifest {
     digest: Digest,
@@ -85,13 +115,49 @@ struct FoundManifest {
     annotations: Option<String>,
 }
 
-async fn import_repository(
+/// What one repository's directories hold.
+struct Found {
+    repo: RepoName,
+    blobs: Vec<(String, i64)>,
+    manifests: Vec<FoundManifest>,
+    tags: Vec<(String, String)>,
+    listed: bool,
+}
+
+impl Found {
+    fn record(&self) -> ImportedRepository<'_> {
+        ImportedRepository {
+            repository: self.repo.as_str(),
+            blobs: self.blobs.iter().map(|(d, s)| (d.as_str(), *s)).collect(),
+            manifests: self
+                .manifests
+                .iter()
+                .map(|m| NewManifest {
+                    repository: self.repo.as_str(),
+                    digest: m.digest.as_str(),
+                    media_type: &m.info.media_type,
+                    size: m.size,
+                    artifact_type: m.info.artifact_type.as_deref(),
+                    subject: m.info.subject.as_ref().map(|s| s.digest.as_str()),
+                    annotations: m.annotations.clone(),
+                    blobs: m.info.required_blobs().map(|d| d.digest.as_str()).collect(),
+                    children: m.info.manifests.iter().map(|d| d.digest.as_str()).collect(),
+                    tag: None,
+                    trust_references: true,
+                })
+                .collect(),
+            tags: self.tags.iter().map(|(t, d)| (t.as_str(), d.as_str())).collect(),
+            listed: self.listed,
+        }
+    }
+}
+
+async fn scan_repository(
     storage: &dyn StorageDriver,
-    meta: &Metadata,
     repo: &RepoName,
     progress: &dyn ImportProgress,
     summary: &mut ImportSummary,
-) -> Result<()> {
+) -> Result<Found> {
     let mut blobs: Vec<(String, i64)> = Vec::new();
     for hex in list_or_empty(storage, &layout::layers_dir(repo)).await? {
         let Some(link) = layout::layers_dir(repo).child(&hex).and_then(|d| d.child("link")) else { continue };
@@ -151,32 +217,8 @@ async fn import_repository(
         }
     }
 
-    let records: Vec<NewManifest<'_>> = manifests
-        .iter()
-        .map(|m| NewManifest {
-            repository: repo.as_str(),
-            digest: m.digest.as_str(),
-            media_type: &m.info.media_type,
-            size: m.size,
-            artifact_type: m.info.artifact_type.as_deref(),
-            subject: m.info.subject.as_ref().map(|s| s.digest.as_str()),
-            annotations: m.annotations.clone(),
-            blobs: m.info.required_blobs().map(|d| d.digest.as_str()).collect(),
-            children: m.info.manifests.iter().map(|d| d.digest.as_str()).collect(),
-            tag: None,
-            trust_references: true,
-        })
-        .collect();
     summary.blobs += blobs.len();
-    summary.manifests += records.len();
+    summary.manifests += manifests.len();
     summary.tags += tags.len();
-    meta.import_repository(&ImportedRepository {
-        repository: repo.as_str(),
-        blobs: blobs.iter().map(|(d, s)| (d.as_str(), *s)).collect(),
-        manifests: records,
-        tags: tags.iter().map(|(t, d)| (t.as_str(), d.as_str())).collect(),
-        listed,
-    })
-    .await?;
-    Ok(())
+    Ok(Found { repo: repo.clone(), blobs, manifests, tags, listed })
 }

@@ -283,17 +283,65 @@ fn read_stream(file: File, offset: u64, len: u64, path: StoragePath) -> ByteStre
     }))
 }
 
-/// Reads exactly `len` bytes at `offset`. `read_to_end` fills the vector's
-/// spare capacity directly, so there is no zeroing pass before the copy.
+/// Reads exactly `len` bytes at `offset` into a pooled buffer. `read_to_end`
+/// fills the buffer's spare capacity directly, so there is no zeroing pass.
 fn read_chunk(mut file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
     use std::io::Read;
     file.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::with_capacity(len);
-    file.take(len as u64).read_to_end(&mut buf)?;
-    if buf.len() < len {
+    let mut buf = pool::take(len);
+    file.take(len as u64).read_to_end(&mut buf.vec)?;
+    if buf.vec.len() < len {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while reading"));
     }
-    Ok(Bytes::from(buf))
+    Ok(Bytes::from_owner(buf))
+}
+
+/// Read buffers are reused instead of freed: buffers of this size, allocated
+/// on one thread and freed on another, otherwise pile up in the allocator's
+/// per-thread arenas and raise resident memory far above what is in use.
+mod pool {
+    use std::sync::Mutex;
+
+    use super::READ_CHUNK;
+
+    /// Idle buffers kept for reuse; more than this are freed.
+    const MAX_IDLE: usize = 8;
+
+    static IDLE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    pub(super) struct Buf {
+        pub(super) vec: Vec<u8>,
+    }
+
+    impl AsRef<[u8]> for Buf {
+        fn as_ref(&self) -> &[u8] {
+            &self.vec
+        }
+    }
+
+    impl Drop for Buf {
+        fn drop(&mut self) {
+            let mut v = std::mem::take(&mut self.vec);
+            if v.capacity() != READ_CHUNK as usize {
+                return;
+            }
+            v.clear();
+            let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(v);
+            }
+        }
+    }
+
+    /// An empty buffer that holds at least `len` bytes.
+    pub(super) fn take(len: usize) -> Buf {
+        if len == READ_CHUNK as usize {
+            if let Some(v) = IDLE.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+                return Buf { vec: v };
+            }
+        }
+        Buf { vec: Vec::with_capacity(len) }
+    }
 }
 
 struct FsWriter {

@@ -145,7 +145,12 @@ impl ImportProgress for Progress {
 pub fn run(mode: Mode, config_file: Option<PathBuf>) -> Result<()> {
     let cfg = Config::load(config_file.as_deref(), std::env::vars())?;
     crate::logging::init(&cfg);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    // Blocking threads each get an allocator arena; a bound keeps memory predictable.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async move {
         let built = build(&cfg, mode).await?;
         match mode {
