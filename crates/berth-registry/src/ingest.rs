@@ -15,7 +15,7 @@ use crate::error::{RegistryError, Result};
 use crate::BodyStream;
 
 /// Bytes gathered before a batch is handed to the hasher and the driver.
-const BATCH: usize = 1024 * 1024;
+const BATCH: usize = 512 * 1024;
 /// Batches smaller than this are hashed inline: a thread hop costs more.
 const INLINE_HASH: usize = 64 * 1024;
 /// Batches read ahead of the writer.
