@@ -107,6 +107,10 @@ enum Backend {
 pub struct Metadata {
     read: AnyPool,
     write: AnyPool,
+    // Upload progress: a chunk is not fsynced either, so its row need not
+    // be (SQLite: synchronous=NORMAL, durable against a crash of the process,
+    // not of the machine). Committed data goes through `write`.
+    uploads: AnyPool,
     #[allow(dead_code)]
     backend: Backend,
     cache: Arc<Cache>,
@@ -128,6 +132,14 @@ fn sqlite_setup(conn: &mut sqlx::AnyConnection, _meta: sqlx::pool::PoolConnectio
     })
 }
 
+fn sqlite_setup_relaxed(conn: &mut sqlx::AnyConnection, meta: sqlx::pool::PoolConnectionMetadata) -> SetupFuture<'_> {
+    Box::pin(async move {
+        sqlite_setup(conn, meta).await?;
+        conn.execute("PRAGMA synchronous=NORMAL").await?;
+        Ok(())
+    })
+}
+
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
 
 impl Metadata {
@@ -144,10 +156,18 @@ impl Metadata {
         let setup = sqlite_setup;
         let write = AnyPoolOptions::new().max_connections(1).after_connect(setup).connect_with(opts.clone()).await?;
         // This process is the embedded database's only writer, so it may cache reads.
-        let md = Metadata { read: write.clone(), write, backend: Backend::Sqlite, cache: Arc::new(Cache::new(true)) };
+        let md = Metadata {
+            read: write.clone(),
+            uploads: write.clone(),
+            write,
+            backend: Backend::Sqlite,
+            cache: Arc::new(Cache::new(true)),
+        };
         md.migrate(SQLITE_MIGRATIONS).await?;
-        let read = AnyPoolOptions::new().max_connections(8).after_connect(setup).connect_with(opts).await?;
-        Ok((Metadata { read, ..md }, created))
+        let read = AnyPoolOptions::new().max_connections(8).after_connect(setup).connect_with(opts.clone()).await?;
+        let uploads =
+            AnyPoolOptions::new().max_connections(1).after_connect(sqlite_setup_relaxed).connect_with(opts).await?;
+        Ok((Metadata { read, uploads, ..md }, created))
     }
 
     async fn migrate(&self, migrations: &[(i64, &str)]) -> Result<()> {
@@ -179,6 +199,7 @@ impl Metadata {
 
     pub async fn close(&self) {
         self.read.close().await;
+        self.uploads.close().await;
         self.write.close().await;
     }
 
@@ -671,7 +692,7 @@ impl Metadata {
         .bind(&u.hash_state)
         .bind(u.started_at)
         .bind(u.updated_at)
-        .execute(&self.write)
+        .execute(&self.uploads)
         .await?;
         Ok(())
     }
@@ -688,11 +709,11 @@ impl Metadata {
     }
 
     pub async fn get_upload(&self, id: &str) -> Result<Option<UploadRow>> {
-        // Read from the writer so a status request sees the latest chunk.
+        // Read through the upload connection so a status request sees the latest chunk.
         let row =
             sqlx::query("SELECT id, repository, size, hash_state, started_at, updated_at FROM uploads WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.write)
+                .fetch_optional(&self.uploads)
                 .await?;
         row.as_ref().map(Self::upload_row).transpose()
     }
@@ -707,13 +728,13 @@ impl Metadata {
                 .bind(now_millis())
                 .bind(id)
                 .bind(from_size)
-                .execute(&self.write)
+                .execute(&self.uploads)
                 .await?;
         Ok(r.rows_affected() == 1)
     }
 
     pub async fn delete_upload(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&self.write).await?;
+        let r = sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&self.uploads).await?;
         Ok(r.rows_affected() > 0)
     }
 

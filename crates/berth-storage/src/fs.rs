@@ -356,6 +356,8 @@ struct FsWriter {
 /// A background fdatasync starts every this many bytes, so the disk writes
 /// while the body still arrives and the final fsync has little left to do.
 const SYNC_STEP: u64 = 16 * 1024 * 1024;
+/// A chunk at least this large starts a background sync when it is closed.
+const CLOSE_SYNC_MIN: u64 = 4 * 1024 * 1024;
 
 #[async_trait]
 impl StorageWriter for FsWriter {
@@ -398,7 +400,12 @@ impl StorageWriter for FsWriter {
     async fn close(mut self: Box<Self>) -> Result<u64> {
         // A background sync still running finishes on its own.
         self.syncing.take();
-        self.file.take().ok_or_else(|| StorageError::Other("writer already failed".into()))?;
+        let file = self.file.take().ok_or_else(|| StorageError::Other("writer already failed".into()))?;
+        // Unsynced data of a large chunk goes to disk in the background, so
+        // the commit after the last chunk has little left to wait for.
+        if self.size - self.synced >= CLOSE_SYNC_MIN {
+            drop(tokio::task::spawn_blocking(move || file.sync_data()));
+        }
         Ok(self.size)
     }
 }
