@@ -7,6 +7,7 @@ use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use berth_auth::{Action, Actions, Credentials, Grant, Need, Refusal};
 use berth_registry::{BodyStream, ChunkRange, RegistryError, UploadStatus};
 use berth_types::{media, Digest, Reference, RepoName, MAX_MANIFEST_SIZE};
 use bytes::{Bytes, BytesMut};
@@ -38,9 +39,29 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
         Ok(e) => e,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let ctx = Ctx { state: &state, headers: &parts.headers, query: query_map(parts.uri.query()) };
     let m = &parts.method;
     let allow = endpoint.allowed_methods();
+    let Some(need) = need_for(&endpoint, m) else { return method_not_allowed(m, allow).into_response() };
+    let mut ctx = Ctx { state: &state, headers: &parts.headers, query: query_map(parts.uri.query()), grant: None };
+    if let Some(authz) = &state.config.auth {
+        let base = ctx.base_url();
+        let creds = Credentials {
+            authorization: parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+            base_url: &base,
+        };
+        match authz.authorize(&creds, &need).await {
+            Ok(grant) => ctx.grant = Some(grant),
+            Err(Refusal::Unauthorized { challenge, message }) => {
+                return ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+                    .with_header(header::WWW_AUTHENTICATE, &challenge)
+                    .into_response();
+            }
+            Err(Refusal::Denied) => {
+                return ApiError::new(StatusCode::FORBIDDEN, "DENIED", "requested access to the resource is denied")
+                    .into_response();
+            }
+        }
+    }
     let result = match endpoint {
         Endpoint::Base if is_get(m) => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"), None)),
         Endpoint::Catalog if is_get(m) => ctx.catalog().await,
@@ -70,6 +91,28 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
         _ => Err(method_not_allowed(m, allow)),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What a request needs to be allowed; None when the method does not apply.
+fn need_for(endpoint: &Endpoint, m: &Method) -> Option<Need> {
+    let get = is_get(m);
+    let repo =
+        |name: &RepoName, actions: &[Action]| Need::Repository { name: name.clone(), actions: Actions::of(actions) };
+    Some(match endpoint {
+        Endpoint::Base if get => Need::Login,
+        Endpoint::Catalog if get => Need::Catalog,
+        Endpoint::Tags { name } | Endpoint::Referrers { name, .. } if get => repo(name, &[Action::Pull]),
+        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } if get => repo(name, &[Action::Pull]),
+        Endpoint::Manifest { name, .. } if *m == Method::PUT => repo(name, &[Action::Pull, Action::Push]),
+        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } if *m == Method::DELETE => {
+            repo(name, &[Action::Delete])
+        }
+        Endpoint::Uploads { name } if *m == Method::POST => repo(name, &[Action::Pull, Action::Push]),
+        Endpoint::Upload { name, .. } if get || *m == Method::PATCH || *m == Method::PUT || *m == Method::DELETE => {
+            repo(name, &[Action::Pull, Action::Push])
+        }
+        _ => return None,
+    })
 }
 
 fn is_get(m: &Method) -> bool {
@@ -203,6 +246,8 @@ struct Ctx<'a> {
     state: &'a AppState,
     headers: &'a HeaderMap,
     query: HashMap<String, String>,
+    /// The caller and its access, when authentication is on.
+    grant: Option<Grant>,
 }
 
 impl Ctx<'_> {
@@ -283,13 +328,39 @@ impl Ctx<'_> {
         if n > max {
             return Err(ApiError::pagination(format!("n={n} is larger than the maximum of {max}")));
         }
-        let page = self.registry().catalog(n, self.last()).await?;
+        let page = self.visible_catalog(n).await?;
         let body = serde_json::to_vec(&json!({ "repositories": page.items })).unwrap_or_default();
         let mut r = json_response(StatusCode::OK, body.into(), None);
         if let (true, Some(last)) = (page.more, page.items.last()) {
             set(r.headers_mut(), header::LINK, &Self::link_next("/v2/_catalog", n, last));
         }
         Ok(r)
+    }
+
+    /// A catalog page of repositories the caller may pull from.
+    async fn visible_catalog(&self, n: u64) -> Result<berth_registry::Page, ApiError> {
+        let Some(grant) = &self.grant else { return Ok(self.registry().catalog(n, self.last()).await?) };
+        let mut items = Vec::new();
+        let mut last = self.last().map(str::to_owned);
+        // Bounded: each round reads a page of the catalog, and stops at its end.
+        loop {
+            let page = self.registry().catalog(n.max(100), last.as_deref()).await?;
+            for name in &page.items {
+                if let Ok(repo) = RepoName::parse(name) {
+                    if grant.may_pull(&repo).await {
+                        items.push(name.clone());
+                        if items.len() as u64 > n {
+                            items.truncate(n as usize);
+                            return Ok(berth_registry::Page { items, more: true });
+                        }
+                    }
+                }
+            }
+            if !page.more {
+                return Ok(berth_registry::Page { items, more: false });
+            }
+            last = page.items.last().cloned();
+        }
     }
 
     async fn tags(&self, name: &RepoName) -> ApiResult {
@@ -482,6 +553,12 @@ impl Ctx<'_> {
             // normal upload session (202), as the spec and distribution do.
             let digest = Digest::parse(mount).ok();
             let from = self.query.get("from").and_then(|f| RepoName::parse(f).ok());
+            // A blob is mounted only from where the caller may pull.
+            let from = match (from, &self.grant) {
+                (Some(f), Some(g)) => g.may_pull(&f).await.then_some(f),
+                (f, None) => f,
+                (None, _) => None,
+            };
             if let (Some(digest), Some(from)) = (digest, from) {
                 if self.registry().mount_blob(name, &from, &digest).await?.is_some() {
                     return Ok(self.blob_created(name, &digest));

@@ -18,6 +18,7 @@ pub mod endpoint;
 pub mod error;
 mod handlers;
 mod serve;
+mod token;
 
 pub use serve::serve;
 
@@ -39,6 +40,8 @@ pub struct ServerConfig {
     pub access_log: bool,
     /// `log.fields` as JSON, attached to every request's log lines.
     pub log_fields: Option<String>,
+    /// Authentication and access control; None serves everyone everything.
+    pub auth: Option<Arc<berth_auth::Authorizer>>,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +54,7 @@ impl Default for ServerConfig {
             tls: false,
             access_log: true,
             log_fields: None,
+            auth: None,
         }
     }
 }
@@ -66,8 +70,13 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole HTTP service.
 pub fn router(registry: Registry, config: ServerConfig) -> Router {
+    let token_path = config.auth.as_ref().and_then(|a| a.token_path().map(str::to_owned));
     let state = AppState { registry, config: Arc::new(config) };
-    Router::new()
+    let mut router = Router::new();
+    if let Some(path) = token_path {
+        router = router.route(&path, axum::routing::get(token::token).post(token::token));
+    }
+    router
         .route("/", axum::routing::get(handlers::root))
         .route("/v2", axum::routing::any(handlers::dispatch))
         .route("/v2/", axum::routing::any(handlers::dispatch))

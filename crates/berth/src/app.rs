@@ -32,6 +32,10 @@ pub fn check_config(file: &Path) -> Result<()> {
     println!("  storage:  {storage}");
     println!("  metadata: {db}");
     println!("  deletes:  {}", if cfg.storage.delete.enabled { "enabled" } else { "disabled" });
+    match berth_auth::Authorizer::new(cfg.auth.clone())? {
+        Some(a) => println!("  auth:     {}", a.mode()),
+        None => println!("  auth:     none (everyone may pull, push and delete)"),
+    }
     if cfg.storage.maintenance.readonly.enabled {
         println!("  read-only mode");
     }
@@ -180,6 +184,10 @@ async fn serve(cfg: &Config, built: Built) -> Result<()> {
         )));
     }
 
+    let auth = berth_auth::Authorizer::new(cfg.auth.clone())?;
+    if let Some(a) = &auth {
+        tracing::info!(mode = a.mode(), "authentication enabled");
+    }
     let server_cfg = berth_server::ServerConfig {
         host: cfg.http.host.clone(),
         relative_urls: cfg.http.relativeurls,
@@ -188,6 +196,7 @@ async fn serve(cfg: &Config, built: Built) -> Result<()> {
         tls: false,
         access_log: !cfg.log.accesslog.disabled,
         log_fields: (!cfg.log.fields.is_empty()).then(|| serde_json::to_string(&cfg.log.fields).unwrap_or_default()),
+        auth,
     };
     let router = berth_server::router(registry.clone(), server_cfg);
     let (storage, db) = describe_storage(cfg);

@@ -32,6 +32,8 @@ pub struct Config {
     /// Berth: where the metadata database lives.
     #[serde(default)]
     pub database: DatabaseConfig,
+    #[serde(default)]
+    pub auth: berth_auth::AuthConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -304,7 +306,6 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 /// Keys distribution knows that Berth does not honour yet, and why.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("auth", "authentication is not supported yet"),
     ("notifications", "notifications are not supported yet"),
     ("redis", "redis is not used by Berth"),
     ("proxy", "pull-through caching is not supported yet"),
@@ -458,6 +459,7 @@ impl Config {
         if self.catalog.maxentries == 0 {
             bail!("catalog.maxentries: must be at least 1");
         }
+        self.auth.validate().map_err(|e| anyhow!("{e}"))?;
         Ok(())
     }
 
@@ -619,7 +621,9 @@ compatibility:
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            ("auth:\n  htpasswd:\n    realm: x\n", "auth:"),
+            ("auth:\n  htpasswd:\n    realm: x\n", "auth.htpasswd"),
+            ("auth:\n  silly:\n    realm: x\n", "auth.silly"),
+            ("auth:\n  issuer:\n    key: /k.pem\n", "auth.issuer"),
             ("http:\n  tls:\n    certificate: /x\n", "http.tls:"),
             ("storage:\n  s3:\n    bucket: b\n", "storage.s3:"),
             ("notifications:\n  endpoints: []\n", "notifications:"),

@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage an htpasswd file (bcrypt), without Apache tools.
+    Htpasswd {
+        #[command(subcommand)]
+        command: HtpasswdCommand,
+    },
     /// Print the version.
     Version,
 }
@@ -55,6 +60,39 @@ enum ConfigCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum HtpasswdCommand {
+    /// Add a user, or set the password of an existing one. The password is
+    /// asked for on the terminal, or read from standard input.
+    Add {
+        user: String,
+        /// The htpasswd file (created with mode 0600 if missing).
+        #[arg(long, short = 'f', default_value = "htpasswd")]
+        file: PathBuf,
+        /// Read the password from standard input (one line) instead of asking.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+fn htpasswd_add(user: &str, file: &std::path::Path, from_stdin: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let password = if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    } else {
+        let p = rpassword::prompt_password(format!("password for {user}: "))?;
+        let again = rpassword::prompt_password("again: ")?;
+        anyhow::ensure!(p == again, "the passwords differ");
+        p
+    };
+    anyhow::ensure!(!password.is_empty(), "the password must not be empty");
+    berth_auth::htpasswd::set_password(file, user, &password)?;
+    println!("{user} written to {}", file.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -63,6 +101,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Config { command: ConfigCommand::Check { file } } => app::check_config(&file),
+        Command::Htpasswd { command: HtpasswdCommand::Add { user, file, password_stdin } } => {
+            htpasswd_add(&user, &file, password_stdin)
+        }
         Command::Serve { config_file, config } => app::run(app::Mode::Serve, config.or(config_file)),
         Command::Import { config_file, config } => app::run(app::Mode::Import, config.or(config_file)),
     };
