@@ -212,6 +212,9 @@ enum GrantSource {
     Rules(Arc<Authorizer>),
     /// A token from another issuer: its claims are all there is.
     Claims(Arc<Vec<token::Access>>),
+    /// A token of our issuer: bound to its claims, and the rules still apply
+    /// (they may have changed since it was issued).
+    Issued(Arc<Vec<token::Access>>, Arc<Authorizer>),
     /// No authentication configured: everything is allowed.
     Open,
 }
@@ -223,6 +226,10 @@ impl Grant {
             GrantSource::Open => wanted.clone(),
             GrantSource::Claims(access) => token::claimed_actions(access, repo).intersect(wanted),
             GrantSource::Rules(a) => a.allowed(&self.identity, repo, wanted).await,
+            GrantSource::Issued(access, a) => {
+                let claimed = token::claimed_actions(access, repo).intersect(wanted);
+                a.allowed(&self.identity, repo, &claimed).await
+            }
         }
     }
 
@@ -375,17 +382,13 @@ impl Authorizer {
                 None
             };
             let Some(claims) = claims else { return Err(unauthorized("invalid or expired token")) };
-            match (&self.issuer, claims.sub.is_empty()) {
-                // Our own tokens: the rules still decide per repository.
-                (Some(_), false) => {
-                    Grant { identity: Identity::user(&claims.sub), source: GrantSource::Rules(self.clone()) }
-                }
-                (Some(_), true) => Grant { identity: Identity::anonymous(), source: GrantSource::Rules(self.clone()) },
-                (None, _) => Grant {
-                    identity: if claims.sub.is_empty() { Identity::anonymous() } else { Identity::user(&claims.sub) },
-                    source: GrantSource::Claims(Arc::new(claims.access)),
-                },
-            }
+            let identity = if claims.sub.is_empty() { Identity::anonymous() } else { Identity::user(&claims.sub) };
+            let access = Arc::new(claims.access);
+            let source = match &self.issuer {
+                Some(_) => GrantSource::Issued(access, self.clone()),
+                None => GrantSource::Claims(access),
+            };
+            Grant { identity, source }
         } else if scheme.eq_ignore_ascii_case("basic") && !value.is_empty() && self.verifier.is_none() {
             let Some((user, password)) = decode_basic(value) else { return Err(unauthorized("malformed credentials")) };
             if !self.check_password(&user, &password).await {
@@ -411,7 +414,7 @@ impl Authorizer {
                 Ok(grant)
             }
             Need::Catalog => {
-                if let GrantSource::Claims(access) = &grant.source {
+                if let GrantSource::Claims(access) | GrantSource::Issued(access, _) = &grant.source {
                     if !token::claims_catalog(access) {
                         return Err(Refusal::Unauthorized {
                             challenge: self.challenge(creds, need, true),
