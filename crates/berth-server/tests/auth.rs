@@ -391,3 +391,147 @@ async fn a_jwk_set_can_hold_the_trusted_keys() {
     let t = sign(h, &claims("corp-auth", "registry.test", 300, pull), &key);
     app.authorized(&t).get("/v2/x/tags/list").await.expect_error(401, "UNAUTHORIZED");
 }
+
+/// A stand-in for a company identity service: `/validate?login=&token=`
+/// answers `{"login": ..., "status": "VALID"}` for tokens `good-<login>`,
+/// sleeps for `slow`, names another user for `other`; `/authorize?user=&path=&action=`
+/// allows pulls anywhere and pushes under `home/<user>/`. Counts the calls.
+struct IdentityService {
+    addr: String,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for IdentityService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn identity_service() -> IdentityService {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let counter = counter.clone();
+                    async move {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let q: std::collections::HashMap<String, String> = req
+                            .uri()
+                            .query()
+                            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                            .unwrap_or_default();
+                        let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+                        let (status, body) = match req.uri().path() {
+                            "/validate" => {
+                                let (login, token) = (get("login"), get("token"));
+                                if token == "slow" {
+                                    tokio::time::sleep(Duration::from_secs(3)).await;
+                                }
+                                if token == format!("good-{login}") {
+                                    (200, serde_json::json!({"login": login, "status": "VALID"}))
+                                } else if token == "other" {
+                                    (200, serde_json::json!({"login": "someone-else", "status": "VALID"}))
+                                } else {
+                                    (200, serde_json::json!({"status": "INVALID"}))
+                                }
+                            }
+                            "/authorize" => {
+                                let ok = get("action") == "pull"
+                                    || get("path").starts_with(&format!("home/{}/", get("user")));
+                                (if ok { 200 } else { 403 }, serde_json::json!({}))
+                            }
+                            _ => (404, serde_json::json!({})),
+                        };
+                        let mut r = hyper::Response::new(http_body_util::Full::new(Bytes::from(body.to_string())));
+                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    IdentityService { addr, calls, task }
+}
+
+fn external_config(validate_url: &str, authorize_url: Option<&str>) -> AuthConfig {
+    let call = |url: &str, user_field: bool| berth_auth::ExternalCall {
+        url: url.to_owned(),
+        method: "GET".into(),
+        headers: Default::default(),
+        body: None,
+        userfield: user_field.then(|| "/login".to_owned()),
+        validfield: user_field.then(|| "/status".to_owned()),
+        validvalue: user_field.then(|| serde_json::json!("VALID")),
+        timeout: Duration::from_millis(500),
+        cachettl: Duration::from_secs(60),
+    };
+    AuthConfig {
+        external: Some(berth_auth::ExternalConfig {
+            realm: "Corp".into(),
+            validate: call(validate_url, true),
+            authorize: authorize_url.map(|u| call(u, false)),
+        }),
+        // Every authenticated user may do everything the authorization service allows.
+        access: AccessConfig {
+            groups: Default::default(),
+            rules: vec![RuleConfig { authenticated: true, ..rule(&["**"], &[], false, ALL) }],
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_external_identity_service_validates_passwords_and_authorizes() {
+    use std::sync::atomic::Ordering;
+    let id = identity_service().await;
+    let validate = format!("http://{}/validate?login={{user}}&token={{password}}", id.addr);
+    let authorize = format!("http://{}/authorize?user={{user}}&path={{repository}}&action={{action}}", id.addr);
+    let app = app_with(external_config(&validate, Some(&authorize))).await;
+
+    let nirvana = app.authorized(&basic("nirvana", "good-nirvana"));
+    nirvana.get("/v2/").await.expect(200);
+    let before = id.calls.load(Ordering::SeqCst);
+    nirvana.get("/v2/").await.expect(200);
+    assert_eq!(id.calls.load(Ordering::SeqCst), before, "a validated login is remembered");
+    // Write permission is checked on the path derived from the image name.
+    nirvana.push_image("home/nirvana/images/ubuntu", "22.04", b"layer").await;
+    nirvana
+        .send(Method::POST, "/v2/home/other/images/x/blobs/uploads/", &[], Bytes::new())
+        .await
+        .expect_error(403, "DENIED");
+    nirvana.get("/v2/home/nirvana/images/ubuntu/manifests/22.04").await.expect(200);
+
+    // Invalid token, a token of another user, and a slow service all fail closed.
+    for (user, token) in [("nirvana", "bad"), ("nirvana", "other"), ("nirvana", "slow")] {
+        let t = std::time::Instant::now();
+        let r = app.authorized(&basic(user, token)).get("/v2/").await;
+        r.expect_error(401, "UNAUTHORIZED");
+        assert_eq!(r.header("www-authenticate"), "Basic realm=\"Corp\"");
+        assert!(t.elapsed() < Duration::from_secs(3), "the timeout bounds the wait");
+    }
+
+    // The service down: nothing gets in.
+    let down = format!("http://127.0.0.1:{}/validate?login={{user}}&token={{password}}", free_port());
+    let app = app_with(external_config(&down, None)).await;
+    app.authorized(&basic("nirvana", "good-nirvana")).get("/v2/").await.expect_error(401, "UNAUTHORIZED");
+    // And an authorization service that is down denies.
+    let down_authz = format!("http://127.0.0.1:{}/authorize?user={{user}}", free_port());
+    let app = app_with(external_config(&validate, Some(&down_authz))).await;
+    let r = app.authorized(&basic("nirvana", "good-nirvana")).get("/v2/home/nirvana/images/ubuntu/tags/list").await;
+    r.expect_error(403, "DENIED");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
