@@ -15,7 +15,8 @@ Artifact type:
   --v11    image-spec 1.1 way: manifest.artifactType = T and the empty
            config descriptor (application/vnd.oci.empty.v1+json).
 Env: BERTH_ORAS_RETRY_SLEEP caps oras-py's retry sleeps (default 0.2 s).
-Plain http is used (insecure=True); no auth (the SDK's default "token" auth
+Plain http is used (insecure=True); --user/--password log in with basic auth
+(auth_backend="basic"); without them no auth (the SDK's default "token" auth
 backend is only exercised on a 401; use auth_backend="basic" for basic auth).
 """
 import argparse
@@ -80,6 +81,8 @@ def main():
     ap.add_argument("--artifact-type", default=DEFAULT_ARTIFACT_TYPE)
     ap.add_argument("--v11", action="store_true",
                     help="use manifest.artifactType + empty config (image-spec 1.1)")
+    ap.add_argument("--user", help="basic-auth user (with --password)")
+    ap.add_argument("--password", help="basic-auth password")
     ap.add_argument("--chunked", action="store_true",
                     help="upload blobs with POST/PATCH/PUT instead of POST/PUT")
     args = ap.parse_args()
@@ -97,11 +100,16 @@ def main():
         return 1
     print(f"GET /v2/ -> {r.status_code}")
 
+    # With credentials, basic auth (oras-py's token backend is for token servers).
+    auth = {"auth_backend": "basic"} if args.user else {}
     if args.v11:
-        client = V11Client(hostname=args.hostport, insecure=True)
+        client = V11Client(hostname=args.hostport, insecure=True, **auth)
         client.artifact_type = args.artifact_type
     else:
-        client = oras.client.OrasClient(hostname=args.hostport, insecure=True)
+        client = oras.client.OrasClient(hostname=args.hostport, insecure=True, **auth)
+    if args.user:
+        # Registry.login() also logs a docker daemon in; only the credentials are wanted.
+        client.auth.set_basic_auth(args.user, args.password or "")
     target = f"{args.hostport}/{args.ref}"
 
     work = tempfile.mkdtemp(prefix="oras-roundtrip-")

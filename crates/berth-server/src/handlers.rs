@@ -57,7 +57,13 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
                     .into_response();
             }
             Err(Refusal::Denied) => {
+                // The detail matters: Docker retries a DENIED error that has none.
+                let detail = match &need {
+                    Need::Repository { name, actions } => format!("{actions} on {name} is not allowed"),
+                    _ => "not allowed".to_owned(),
+                };
                 return ApiError::new(StatusCode::FORBIDDEN, "DENIED", "requested access to the resource is denied")
+                    .with_detail(detail)
                     .into_response();
             }
         }

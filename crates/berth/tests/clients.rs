@@ -135,45 +135,6 @@ fn podman_pushes_and_pulls() {
     let _ = Command::new("sh").arg("-c").arg(format!("rm -rf {}", work.display())).status();
 }
 
-/// A private docker engine, stopped when dropped.
-struct Dockerd {
-    dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
-    cli: String,
-}
-
-impl Dockerd {
-    fn start() -> Dockerd {
-        // Short path: the engine's unix sockets are limited to 107 bytes.
-        let dir = tempfile::Builder::new().prefix("bd").tempdir_in("/tmp").expect("tempdir");
-        let out = run(Command::new(repo_root().join("scripts/dockerd.sh")).arg("start").arg(dir.path()));
-        let mut env = Vec::new();
-        let mut cli = "docker".to_owned();
-        for line in out.lines() {
-            if let Some((k, v)) = line.split_once('=') {
-                if k == "DOCKER_CLI" {
-                    cli = v.to_owned();
-                } else if k.starts_with("DOCKER_") {
-                    env.push((k.to_owned(), v.to_owned()));
-                }
-            }
-        }
-        Dockerd { dir, env, cli }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.cli);
-        c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        c
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let _ = Command::new(repo_root().join("scripts/dockerd.sh")).arg("stop").arg(self.dir.path()).output();
-    }
-}
-
 #[test]
 fn docker_load_push_remove_pull() {
     if !require("dockerd") {

@@ -45,6 +45,34 @@ pub fn output(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
+/// Runs a command with `input` on its standard input.
+pub fn output_with_input(cmd: &mut Command, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    child.wait_with_output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// Like [`run`], with `input` on standard input.
+#[track_caller]
+pub fn run_with_input(cmd: &mut Command, input: &str) -> String {
+    let out = output_with_input(cmd, input);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A running `berth serve`, stopped (SIGTERM) when dropped.
 pub struct Berth {
     pub child: Child,
@@ -274,4 +302,43 @@ pub fn oci_layout_path(oci_ref: &str) -> PathBuf {
 pub fn venv_python() -> PathBuf {
     let venv = std::env::var("BERTH_VENV").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target/venv"));
     venv.join("bin/python")
+}
+
+/// A private docker engine, stopped when dropped.
+pub struct Dockerd {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    cli: String,
+}
+
+impl Dockerd {
+    pub fn start() -> Dockerd {
+        // Short path: the engine's unix sockets are limited to 107 bytes.
+        let dir = tempfile::Builder::new().prefix("bd").tempdir_in("/tmp").expect("tempdir");
+        let out = run(Command::new(repo_root().join("scripts/dockerd.sh")).arg("start").arg(dir.path()));
+        let mut env = Vec::new();
+        let mut cli = "docker".to_owned();
+        for line in out.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                if k == "DOCKER_CLI" {
+                    cli = v.to_owned();
+                } else if k.starts_with("DOCKER_") {
+                    env.push((k.to_owned(), v.to_owned()));
+                }
+            }
+        }
+        Dockerd { dir, env, cli }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.cli);
+        c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts/dockerd.sh")).arg("stop").arg(self.dir.path()).output();
+    }
 }

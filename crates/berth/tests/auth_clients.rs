@@ -1,0 +1,355 @@
+//! Authentication with real clients: docker login then push and pull (htpasswd,
+//! the built-in token issuer, and an external token issuer verified by a
+//! certificate bundle), skopeo and podman with credentials, oras with basic
+//! auth, a read-only user whose push is refused, a user limited to one
+//! namespace.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+
+/// Users: alice (everything), reader (pull only), carol (only carol/**).
+fn users(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("htpasswd");
+    for (u, p) in [("alice", "alice-pw"), ("reader", "reader-pw"), ("carol", "carol-pw")] {
+        run_with_input(
+            Command::new(berth_bin()).args(["htpasswd", "add", u, "--password-stdin", "--file"]).arg(&path),
+            &format!("{p}\n"),
+        );
+    }
+    path
+}
+
+const RULES: &str = "  access:
+    rules:
+      - repositories: [\"**\"]
+        users: [alice]
+        actions: [pull, push, delete]
+      - repositories: [\"**\"]
+        users: [reader]
+        actions: [pull]
+      - repositories: [\"carol/**\"]
+        users: [carol]
+        actions: [pull, push, delete]
+";
+
+fn htpasswd_registry(dir: &Path) -> Berth {
+    let extra = format!("auth:\n  htpasswd:\n    realm: Berth\n    path: {}\n{RULES}", users(dir).display());
+    Berth::start(&write_config(dir, &dir.join("store"), &extra))
+}
+
+fn issuer_registry(dir: &Path) -> Berth {
+    let extra = format!(
+        "auth:\n  htpasswd:\n    realm: Berth\n    path: {}\n  issuer:\n    service: berth-test\n    key: {}\n{RULES}",
+        users(dir).display(),
+        dir.join("issuer.pem").display()
+    );
+    Berth::start(&write_config(dir, &dir.join("store"), &extra))
+}
+
+fn docker_login(d: &Dockerd, addr: &str, user: &str, pw: &str) {
+    let out = run_with_input(d.cmd().args(["login", "-u", user, "--password-stdin", addr]), pw);
+    assert!(out.contains("Login Succeeded"), "{out}");
+}
+
+fn push_pull_with_docker(d: &Dockerd, addr: &str, repo: &str) {
+    let img = test_image();
+    let target = format!("{addr}/{repo}:v1");
+    run(d.cmd().args(["load", "-q", "-i"]).arg(&img.docker_archive));
+    run(d.cmd().args(["tag", &img.image_name, &target]));
+    run(d.cmd().args(["push", &target]));
+    run(d.cmd().args(["rmi", "-f", &target]));
+    run(d.cmd().args(["pull", "-q", &target]));
+    let id = run(d.cmd().args(["image", "inspect", "-f", "{{.Id}}", &target]));
+    assert_eq!(id.trim(), img.config_digest);
+}
+
+#[test]
+fn docker_with_htpasswd_users_and_rules() {
+    if !require("dockerd") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = htpasswd_registry(dir.path());
+    let d = Dockerd::start();
+    // Without login the engine is turned away.
+    let img = test_image();
+    run(d.cmd().args(["load", "-q", "-i"]).arg(&img.docker_archive));
+    run(d.cmd().args(["tag", &img.image_name, &format!("{}/team/app:v1", b.addr)]));
+    let out = output(d.cmd().args(["push", &format!("{}/team/app:v1", b.addr)]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no basic auth credentials"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = output_with_input(d.cmd().args(["login", "-u", "alice", "--password-stdin", &b.addr]), "wrong");
+    assert!(!bad.status.success());
+
+    docker_login(&d, &b.addr, "alice", "alice-pw");
+    push_pull_with_docker(&d, &b.addr, "team/app");
+
+    // A read-only user pulls, and its push is refused.
+    docker_login(&d, &b.addr, "reader", "reader-pw");
+    run(d.cmd().args(["pull", "-q", &format!("{}/team/app:v1", b.addr)]));
+    run(d.cmd().args(["tag", &img.image_name, &format!("{}/team/other:v1", b.addr)]));
+    let out = output(d.cmd().args(["push", &format!("{}/team/other:v1", b.addr)]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("denied"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A user limited to its namespace pushes there and nowhere else.
+    docker_login(&d, &b.addr, "carol", "carol-pw");
+    run(d.cmd().args(["tag", &img.image_name, &format!("{}/carol/app:v1", b.addr)]));
+    run(d.cmd().args(["push", &format!("{}/carol/app:v1", b.addr)]));
+    let out = output(d.cmd().args(["push", &format!("{}/team/other:v1", b.addr)]));
+    assert!(!out.status.success());
+}
+
+#[test]
+fn docker_with_the_built_in_token_issuer() {
+    if !require("dockerd") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = issuer_registry(dir.path());
+    let d = Dockerd::start();
+    docker_login(&d, &b.addr, "alice", "alice-pw");
+    push_pull_with_docker(&d, &b.addr, "team/tokened");
+    docker_login(&d, &b.addr, "reader", "reader-pw");
+    run(d.cmd().args(["pull", "-q", &format!("{}/team/tokened:v1", b.addr)]));
+    let img = test_image();
+    run(d.cmd().args(["tag", &img.image_name, &format!("{}/team/nope:v1", b.addr)]));
+    let out = output(d.cmd().args(["push", &format!("{}/team/nope:v1", b.addr)]));
+    assert!(!out.status.success(), "a read-only user's push goes through");
+}
+
+#[test]
+fn skopeo_and_podman_log_in() {
+    if !require("skopeo") || !require("podman") {
+        return;
+    }
+    let img = test_image();
+    for issuer in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = if issuer { issuer_registry(dir.path()) } else { htpasswd_registry(dir.path()) };
+        let authfile = dir.path().join("auth.json");
+        let out = run_with_input(
+            Command::new("skopeo")
+                .args(["login", "--tls-verify=false", "-u", "alice", "--password-stdin", "--authfile"])
+                .arg(&authfile)
+                .arg(&b.addr),
+            "alice-pw",
+        );
+        assert!(out.contains("Login Succeeded"), "{out}");
+        run(Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false", "--authfile"])
+            .arg(&authfile)
+            .arg(&img.oci_ref)
+            .arg(format!("docker://{}/team/skopeo:v1", b.addr)));
+        // Credentials given directly, as a read-only user: pull works, push does not.
+        let back = dir.path().join("back");
+        run(Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--src-creds",
+            "reader:reader-pw",
+            &format!("docker://{}/team/skopeo:v1", b.addr),
+            &format!("oci:{}:v1", back.display()),
+        ]));
+        assert_eq!(layout_blobs(&back), layout_blobs(&oci_layout_path(&img.oci_ref)));
+        let out = output(Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "reader:reader-pw",
+            &img.oci_ref,
+            &format!("docker://{}/team/refused:v1", b.addr),
+        ]));
+        assert!(!out.status.success(), "reader pushed (issuer={issuer})");
+
+        // podman: login, push, pull.
+        let work = dir.path().join("podman");
+        let podman = |args: &[&str]| {
+            let mut c = Command::new("podman");
+            c.arg("--root")
+                .arg(work.join("root"))
+                .arg("--runroot")
+                .arg(work.join("run"))
+                .arg("--tmpdir")
+                .arg(work.join("tmp"))
+                .args(["--storage-driver", "vfs", "--events-backend", "file", "--cgroup-manager", "cgroupfs"])
+                .args(args)
+                .env("REGISTRY_AUTH_FILE", dir.path().join("podman-auth.json"));
+            c
+        };
+        run_with_input(
+            &mut podman(&["login", "--tls-verify=false", "-u", "carol", "--password-stdin", &b.addr]),
+            "carol-pw",
+        );
+        run(podman(&["load", "-q", "-i"]).arg(&img.docker_archive));
+        let target = format!("{}/carol/podman:v1", b.addr);
+        run(&mut podman(&["push", "-q", "--tls-verify=false", &img.image_name, &target]));
+        run(&mut podman(&["rmi", "-a", "-f"]));
+        run(&mut podman(&["pull", "-q", "--tls-verify=false", &target]));
+        let out =
+            output(&mut podman(&["push", "-q", "--tls-verify=false", &target, &format!("{}/team/podman:v1", b.addr)]));
+        assert!(!out.status.success(), "carol pushed outside her namespace (issuer={issuer})");
+        let _ = Command::new("sh").arg("-c").arg(format!("rm -rf {}", work.display())).status();
+    }
+}
+
+#[test]
+fn oras_with_basic_auth() {
+    let py = venv_python();
+    if !py.exists() {
+        if std::env::var("BERTH_E2E_ALLOW_MISSING").as_deref() == Ok("1") {
+            return;
+        }
+        panic!("{} missing: run scripts/install-test-deps.sh", py.display());
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = htpasswd_registry(dir.path());
+    let file = dir.path().join("artifact.bin");
+    std::fs::write(&file, b"an artifact behind a login").expect("write");
+    let script = repo_root().join("scripts/oras-roundtrip.py");
+    let out = run(Command::new(&py)
+        .arg(&script)
+        .arg(&b.addr)
+        .arg("carol/artifact:v1")
+        .arg(&file)
+        .args(["--user", "carol", "--password", "carol-pw"])
+        .env("BERTH_ORAS_RETRY_SLEEP", "0.1"));
+    assert!(out.contains("OK:"), "{out}");
+    let out = output(
+        Command::new(&py)
+            .arg(&script)
+            .arg(&b.addr)
+            .arg("team/artifact:v1")
+            .arg(&file)
+            .args(["--user", "carol", "--password", "carol-pw"])
+            .env("BERTH_ORAS_RETRY_SLEEP", "0.1"),
+    );
+    assert!(!out.status.success(), "carol pushed outside her namespace");
+}
+
+/// A token server of "another company" for `auth.token`: GET /token with
+/// basic auth (password `pw` for anyone) grants the requested scopes in an
+/// ES256 token signed by a key whose certificate the registry trusts.
+struct TokenServer {
+    addr: String,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn token_server(key_pem: Vec<u8>, kid: String) -> TokenServer {
+    use base64::Engine;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let key = Arc::new(jsonwebtoken::EncodingKey::from_ec_pem(&key_pem).expect("key"));
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (key, kid) = (key.clone(), kid.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (key, kid) = (key.clone(), kid.clone());
+                    async move {
+                        let creds = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Basic "))
+                            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                            .and_then(|v| String::from_utf8(v).ok());
+                        let user = match creds.as_deref().and_then(|c| c.split_once(':')) {
+                            Some((u, "pw")) => u.to_owned(),
+                            _ => {
+                                let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from("{}")));
+                                *r.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+                                return Ok::<_, std::convert::Infallible>(r);
+                            }
+                        };
+                        let q = req.uri().query().unwrap_or("").to_owned();
+                        let access: Vec<serde_json::Value> = q
+                            .split('&')
+                            .filter_map(|kv| kv.strip_prefix("scope="))
+                            .map(|s| s.replace("%3A", ":").replace("%2F", "/").replace("%2C", ",").replace('+', " "))
+                            .flat_map(|s| s.split(' ').map(str::to_owned).collect::<Vec<_>>())
+                            .filter_map(|s| {
+                                let mut p = s.splitn(3, ':');
+                                let (t, n, a) = (p.next()?, p.next()?, p.next()?);
+                                Some(serde_json::json!({"type": t, "name": n, "actions": a.split(',').collect::<Vec<_>>()}))
+                            })
+                            .collect();
+                        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                        let claims = serde_json::json!({
+                            "iss": "corp-auth", "sub": user, "aud": "berth-test",
+                            "exp": now + 300, "nbf": now - 5, "iat": now - 5, "access": access
+                        });
+                        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+                        h.kid = Some(kid);
+                        let token = jsonwebtoken::encode(&h, &claims, &key).unwrap_or_default();
+                        let body = serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+                        Ok(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    TokenServer { addr, _rt: rt }
+}
+
+#[test]
+fn docker_with_an_external_token_issuer() {
+    if !require("dockerd") || !require("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, cert) = (dir.path().join("signer.key"), dir.path().join("signer.crt"));
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=corp-auth",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    let spki = Command::new("sh")
+        .arg("-c")
+        .arg(format!("openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform DER", cert.display()))
+        .output()
+        .expect("openssl")
+        .stdout;
+    let kid = berth_auth::token::libtrust_kid(&spki);
+    let ts = token_server(std::fs::read(&key).expect("key"), kid);
+    let extra = format!(
+        "auth:\n  token:\n    realm: http://{}/token\n    service: berth-test\n    issuer: corp-auth\n    rootcertbundle: {}\n",
+        ts.addr,
+        cert.display()
+    );
+    let b = Berth::start(&write_config(dir.path(), &dir.path().join("store"), &extra));
+    let d = Dockerd::start();
+    docker_login(&d, &b.addr, "ci-bot", "pw");
+    push_pull_with_docker(&d, &b.addr, "corp/app");
+    let bad = output_with_input(d.cmd().args(["login", "-u", "ci-bot", "--password-stdin", &b.addr]), "nope");
+    assert!(!bad.status.success());
+}
