@@ -353,3 +353,91 @@ fn docker_with_an_external_token_issuer() {
     let bad = output_with_input(d.cmd().args(["login", "-u", "ci-bot", "--password-stdin", &b.addr]), "nope");
     assert!(!bad.status.success());
 }
+
+/// An identity service for `auth.external` (seed 000): `/check?login=&token=`
+/// answers `{"login": ..., "status": "VALID"}` for `token-<login>`, and
+/// `/may?user=&path=&action=` allows pulls, and pushes under `home/<user>/`.
+fn identity_service() -> TokenServer {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let q: std::collections::HashMap<String, String> = req
+                        .uri()
+                        .query()
+                        .unwrap_or("")
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.to_owned(), v.replace("%2F", "/")))
+                        .collect();
+                    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+                    let (status, body) = match req.uri().path() {
+                        "/check" if get("token") == format!("token-{}", get("login")) => {
+                            (200, serde_json::json!({"login": get("login"), "status": "VALID"}))
+                        }
+                        "/check" => (200, serde_json::json!({"status": "INVALID"})),
+                        "/may"
+                            if get("action") == "pull"
+                                || get("path").starts_with(&format!("home/{}/", get("user"))) =>
+                        {
+                            (200, serde_json::json!({}))
+                        }
+                        _ => (403, serde_json::json!({})),
+                    };
+                    let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body.to_string())));
+                    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    TokenServer { addr, _rt: rt }
+}
+
+#[test]
+fn docker_login_with_a_token_checked_by_an_identity_service() {
+    if !require("dockerd") {
+        return;
+    }
+    let id = identity_service();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = format!(
+        "auth:
+  external:
+    realm: Corp
+    validate:
+      url: http://{a}/check?login={{user}}&token={{password}}
+      userfield: /login
+      validfield: /status
+      validvalue: VALID
+      timeout: 2s
+    authorize:
+      url: http://{a}/may?user={{user}}&path={{repository}}&action={{action}}
+      timeout: 2s
+  access:
+    rules:
+      - repositories: [\"**\"]
+        authenticated: true
+        actions: [pull, push]
+",
+        a = id.addr
+    );
+    let b = Berth::start(&write_config(dir.path(), &dir.path().join("store"), &extra));
+    let d = Dockerd::start();
+    let bad = output_with_input(d.cmd().args(["login", "-u", "nirvana", "--password-stdin", &b.addr]), "token-someone");
+    assert!(!bad.status.success());
+    docker_login(&d, &b.addr, "nirvana", "token-nirvana");
+    push_pull_with_docker(&d, &b.addr, "home/nirvana/images/ubuntu");
+    let img = test_image();
+    let other = format!("{}/home/other/images/ubuntu:v1", b.addr);
+    run(d.cmd().args(["tag", &img.image_name, &other]));
+    let out = output(d.cmd().args(["push", &other]));
+    assert!(!out.status.success(), "a push outside the user's home was allowed");
+}
