@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::{Action, AuthError};
 
@@ -72,10 +72,10 @@ pub struct IssuerConfig {
     pub issuer: String,
     /// A PKCS#8 PEM P-256 private key; generated there when missing.
     pub key: PathBuf,
-    #[serde(default = "default_expiration", deserialize_with = "duration")]
+    #[serde(default = "default_expiration", deserialize_with = "berth_types::duration::seconds")]
     pub expiration: Duration,
     /// Lifetime of refresh tokens (the OAuth2 `offline` flow).
-    #[serde(default = "default_refresh", deserialize_with = "duration")]
+    #[serde(default = "default_refresh", deserialize_with = "berth_types::duration::seconds")]
     pub refreshexpiration: Duration,
     /// Path of the token endpoint on this server.
     #[serde(default = "default_token_path")]
@@ -134,10 +134,10 @@ pub struct ExternalCall {
     pub validfield: Option<String>,
     #[serde(default)]
     pub validvalue: Option<serde_json::Value>,
-    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_timeout", deserialize_with = "berth_types::duration::seconds")]
     pub timeout: Duration,
     /// How long a successful answer is remembered (failures are not).
-    #[serde(default = "default_cache", deserialize_with = "duration")]
+    #[serde(default = "default_cache", deserialize_with = "berth_types::duration::seconds")]
     pub cachettl: Duration,
 }
 
@@ -180,50 +180,6 @@ pub struct RuleConfig {
     #[serde(default)]
     pub authenticated: bool,
     pub actions: Vec<Action>,
-}
-
-/// Go-style durations (`5m`, `1h30m`, `500ms`); a bare integer is seconds here.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("duration {s:?} has no unit"))?;
-        let v: f64 = rest[..end].parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        rest = &rest[end..];
-        let uend = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let unit = match &rest[..uend] {
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            u => return Err(format!("invalid duration unit {u:?} in {s:?}")),
-        };
-        total += Duration::from_secs_f64(v * unit);
-        rest = &rest[uend..];
-    }
-    Ok(total)
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Str(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Int(s) => Ok(Duration::from_secs(s)),
-        Raw::Str(s) => parse_duration(&s).map_err(serde::de::Error::custom),
-    }
 }
 
 impl AuthConfig {

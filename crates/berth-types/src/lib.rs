@@ -4,6 +4,7 @@
 //! the raw bytes as the source of truth and extracts what the registry needs.
 
 pub mod digest;
+pub mod duration;
 pub mod hash;
 pub mod manifest;
 pub mod name;

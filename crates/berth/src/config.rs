@@ -119,9 +119,9 @@ pub struct MaintenanceConfig {
 pub struct UploadPurgingConfig {
     #[serde(default = "yes")]
     pub enabled: bool,
-    #[serde(default = "week", deserialize_with = "duration")]
+    #[serde(default = "week", deserialize_with = "berth_types::duration::go")]
     pub age: Duration,
-    #[serde(default = "day", deserialize_with = "duration")]
+    #[serde(default = "day", deserialize_with = "berth_types::duration::go")]
     pub interval: Duration,
     #[serde(default)]
     pub dryrun: bool,
@@ -159,7 +159,7 @@ pub struct HttpConfig {
     pub secret: Option<String>,
     #[serde(default)]
     pub relativeurls: bool,
-    #[serde(default = "default_drain", deserialize_with = "duration")]
+    #[serde(default = "default_drain", deserialize_with = "berth_types::duration::go")]
     pub draintimeout: Duration,
     #[serde(default)]
     pub headers: BTreeMap<String, Vec<String>>,
@@ -243,40 +243,6 @@ pub struct DatabaseConfig {
     pub path: Option<PathBuf>,
 }
 
-/// Go-style durations as distribution writes them: `168h`, `1h30m`, `10s`,
-/// `500ms`; a bare integer is nanoseconds.
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    if let Ok(ns) = s.parse::<u64>() {
-        return Ok(Duration::from_nanos(ns));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        bail!("empty duration");
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| anyhow!("duration {s:?} has no unit"))?;
-        let value: f64 = rest[..num_end].parse().with_context(|| format!("invalid duration {s:?}"))?;
-        rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let unit = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            u => bail!("invalid duration unit {u:?} in {s:?}"),
-        };
-        total += Duration::from_secs_f64(value * unit);
-        rest = &rest[unit_end..];
-    }
-    Ok(total)
-}
-
 /// `version: 0.1` reads as a number in YAML; distribution treats it as text.
 fn version<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
@@ -289,19 +255,6 @@ fn version<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> 
         Raw::Num(n) => n.to_string(),
         Raw::Str(s) => s,
     }))
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Str(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Int(ns) => Ok(Duration::from_nanos(ns)),
-        Raw::Str(s) => parse_duration(&s).map_err(serde::de::Error::custom),
-    }
 }
 
 /// Keys distribution knows that Berth does not honour yet, and why.
@@ -645,20 +598,6 @@ compatibility:
             let e = load(yaml, &[]).unwrap_err();
             let msg = format!("{e:#}");
             assert!(msg.contains(key), "{yaml:?}: {msg}");
-        }
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_duration("168h").unwrap(), Duration::from_secs(604800));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1000000000").unwrap(), Duration::from_secs(1));
-        for bad in ["", "h", "10", "10x", "1.2.3s"] {
-            if bad == "10" {
-                continue;
-            }
-            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 

@@ -176,16 +176,8 @@ fn skopeo_and_podman_log_in() {
         // podman: login, push, pull.
         let work = dir.path().join("podman");
         let podman = |args: &[&str]| {
-            let mut c = Command::new("podman");
-            c.arg("--root")
-                .arg(work.join("root"))
-                .arg("--runroot")
-                .arg(work.join("run"))
-                .arg("--tmpdir")
-                .arg(work.join("tmp"))
-                .args(["--storage-driver", "vfs", "--events-backend", "file", "--cgroup-manager", "cgroupfs"])
-                .args(args)
-                .env("REGISTRY_AUTH_FILE", dir.path().join("podman-auth.json"));
+            let mut c = common::podman(&work);
+            c.args(args).env("REGISTRY_AUTH_FILE", dir.path().join("podman-auth.json"));
             c
         };
         run_with_input(

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -100,18 +99,6 @@ fn oras_pushes_and_pulls_artifacts() {
     assert!(m["artifactType"].is_string(), "{m}");
     assert_eq!(m["config"]["mediaType"], "application/vnd.oci.empty.v1+json");
     assert_eq!(m["layers"][0]["size"], data.len());
-}
-
-fn podman(work: &Path) -> Command {
-    let mut c = Command::new("podman");
-    c.arg("--root")
-        .arg(work.join("root"))
-        .arg("--runroot")
-        .arg(work.join("run"))
-        .arg("--tmpdir")
-        .arg(work.join("tmp"))
-        .args(["--storage-driver", "vfs", "--events-backend", "file", "--cgroup-manager", "cgroupfs"]);
-    c
 }
 
 #[test]

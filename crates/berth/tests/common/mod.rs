@@ -342,3 +342,16 @@ impl Drop for Dockerd {
         let _ = Command::new(repo_root().join("scripts/dockerd.sh")).arg("stop").arg(self.dir.path()).output();
     }
 }
+
+/// podman with a private store under `work` (vfs, no systemd), as root in a sandbox.
+pub fn podman(work: &Path) -> Command {
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(work.join("root"))
+        .arg("--runroot")
+        .arg(work.join("run"))
+        .arg("--tmpdir")
+        .arg(work.join("tmp"))
+        .args(["--storage-driver", "vfs", "--events-backend", "file", "--cgroup-manager", "cgroupfs"]);
+    c
+}
