@@ -16,7 +16,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 mod cache;
+mod lifecycle;
 use cache::{Cache, Kind};
+pub use lifecycle::{GcVictim, ManifestNode, RepositoryGraph, TagInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -90,6 +92,16 @@ pub struct ImportedRepository<'a> {
     pub listed: bool,
 }
 
+/// The outcome of [`Metadata::claim_blob`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobClaim {
+    Present,
+    Write,
+}
+
+/// How long a blob may stay `committing` before garbage collection may take it.
+const COMMIT_LEASE_MS: i64 = 15 * 60 * 1000;
+
 /// Why a manifest could not be recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutManifestOutcome {
@@ -140,7 +152,10 @@ fn sqlite_setup_relaxed(conn: &mut sqlx::AnyConnection, meta: sqlx::pool::PoolCo
     })
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_initial.sql")),
+    (2, include_str!("../migrations/sqlite/0002_lifecycle.sql")),
+];
 
 impl Metadata {
     /// Opens (creating if needed) the embedded SQLite database at `path`.
@@ -296,17 +311,94 @@ impl Metadata {
             .await?)
     }
 
-    /// Records a blob and links it into `repo`.
-    pub async fn link_blob(&self, repo: &str, digest: &str, size: i64) -> Result<()> {
+    /// Starts committing a blob. `Present` means the content is already in
+    /// storage (and stays: its use time was just moved); `Write` means the
+    /// caller must put the content in place, then call [`Metadata::finish_blob`].
+    pub async fn claim_blob(&self, digest: &str, size: i64) -> Result<BlobClaim> {
+        let now = now_millis();
+        let mut tx = self.write.begin().await?;
+        let touched = sqlx::query("UPDATE blobs SET last_used = $2 WHERE digest = $1 AND state = 0")
+            .bind(digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if touched == 1 {
+            tx.commit().await?;
+            return Ok(BlobClaim::Present);
+        }
+        sqlx::query(
+            "INSERT INTO blobs (digest, size, created_at, state, lease_until, last_used) VALUES ($1, $2, $3, 1, $4, $3) \
+             ON CONFLICT (digest) DO UPDATE SET state = 1, lease_until = excluded.lease_until, last_used = excluded.last_used",
+        )
+        .bind(digest)
+        .bind(size)
+        .bind(now)
+        .bind(now + COMMIT_LEASE_MS)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(BlobClaim::Write)
+    }
+
+    /// Marks a claimed blob's content as in place and links it into `repo`.
+    pub async fn finish_blob(&self, repo: &str, digest: &str) -> Result<()> {
         let mut tx = self.write.begin().await?;
         let repo_id = Self::ensure_repository(&mut tx, repo).await?;
         let now = now_millis();
-        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+        sqlx::query("UPDATE blobs SET state = 0, lease_until = 0, last_used = $2 WHERE digest = $1")
             .bind(digest)
-            .bind(size)
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        Self::insert_link(&mut tx, repo_id, digest, now).await?;
+        tx.commit().await?;
+        self.cache.invalidate(repo);
+        Ok(())
+    }
+
+    /// Links a blob whose content is present into `repo`, moving its use
+    /// time. False when the blob is not (or no longer) present.
+    pub async fn link_existing(&self, repo: &str, digest: &str) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let now = now_millis();
+        let present = sqlx::query("UPDATE blobs SET last_used = $2 WHERE digest = $1 AND state = 0")
+            .bind(digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if present {
+            let repo_id = Self::ensure_repository(&mut tx, repo).await?;
+            Self::insert_link(&mut tx, repo_id, digest, now).await?;
+        }
+        tx.commit().await?;
+        if present {
+            self.cache.invalidate(repo);
+        }
+        Ok(present)
+    }
+
+    /// Claims, finishes and links in one go: for tests and callers that
+    /// already put the content in place.
+    pub async fn link_blob(&self, repo: &str, digest: &str, size: i64) -> Result<()> {
+        self.claim_blob(digest, size).await?;
+        self.finish_blob(repo, digest).await
+    }
+
+    /// Moves a blob's use time, so garbage collection leaves it alone for
+    /// another grace period.
+    pub async fn touch_blob(&self, digest: &str) -> Result<()> {
+        sqlx::query("UPDATE blobs SET last_used = $2 WHERE digest = $1 AND state = 0")
+            .bind(digest)
+            .bind(now_millis())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_link(tx: &mut Transaction<'_, Any>, repo_id: i64, digest: &str, now: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (repository_id, digest) DO NOTHING",
@@ -314,10 +406,8 @@ impl Metadata {
         .bind(repo_id)
         .bind(digest)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
-        self.cache.invalidate(repo);
         Ok(())
     }
 
@@ -419,12 +509,16 @@ impl Metadata {
             .execute(&mut **tx)
             .await?;
         let now = now_millis();
-        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
-            .bind(m.digest)
-            .bind(m.size)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+        // The caller has put the manifest's content in place.
+        sqlx::query(
+            "INSERT INTO blobs (digest, size, created_at, state, last_used) VALUES ($1, $2, $3, 0, $3) \
+             ON CONFLICT (digest) DO UPDATE SET state = 0, lease_until = 0, last_used = excluded.last_used",
+        )
+        .bind(m.digest)
+        .bind(m.size)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
         let inserted = sqlx::query(
             "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (repository_id, digest) DO NOTHING",
@@ -492,7 +586,8 @@ impl Metadata {
         let now = now_millis();
         for (digest, size) in &imp.blobs {
             sqlx::query(
-                "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
+                "INSERT INTO blobs (digest, size, created_at, last_used) VALUES ($1, $2, $3, $3) \
+                 ON CONFLICT (digest) DO NOTHING",
             )
             .bind(*digest)
             .bind(*size)

@@ -11,7 +11,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use berth_metadata::{Metadata, NewManifest, PutManifestOutcome, UploadRow};
+use berth_metadata::{BlobClaim, Metadata, NewManifest, PutManifestOutcome, UploadRow};
 use berth_storage::{layout, StorageDriver};
 use berth_types::{Descriptor, Digest, ManifestInfo, Reference, RepoName, Sha256State, Tag, MAX_MANIFEST_SIZE};
 use bytes::Bytes;
@@ -181,19 +181,17 @@ impl Registry {
         let Some(size) = self.inner.meta.repository_blob_size(from.as_str(), digest.as_str()).await? else {
             return Ok(None);
         };
-        if let Err(e) = self.inner.storage.stat(&layout::blob_data(digest)).await {
-            if e.is_not_found() {
-                return Ok(None);
-            }
-            return Err(e.into());
+        // Linking also moves the blob's use time, so collection leaves it be;
+        // if collection took it just now, there is nothing to mount.
+        if !self.inner.meta.link_existing(repo.as_str(), digest.as_str()).await? {
+            return Ok(None);
         }
-        self.link_blob(repo, digest, size as u64).await?;
+        self.write_layer_link(repo, digest).await?;
         Ok(Some(BlobInfo { size: size as u64 }))
     }
 
-    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+    async fn write_layer_link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.inner.storage.put_content(&layout::layer_link(repo, digest), layout::link_content(digest)).await?;
-        self.inner.meta.link_blob(repo.as_str(), digest.as_str(), size as i64).await?;
         Ok(())
     }
 
@@ -355,7 +353,9 @@ impl Registry {
     }
 
     /// Moves verified upload data into the blob store (or drops it when the
-    /// blob is already there) and links it into the repository.
+    /// blob is already there) and links it into the repository. The claim in
+    /// the metadata comes first: once a blob is claimed, garbage collection
+    /// leaves it alone, and a blob it already took is simply written again.
     async fn commit_blob(
         &self,
         repo: &RepoName,
@@ -363,16 +363,20 @@ impl Registry {
         digest: &Digest,
         size: u64,
     ) -> Result<()> {
-        let target = layout::blob_data(digest);
-        let present = match self.inner.storage.stat(&target).await {
-            Ok(info) => info.size == size,
-            Err(e) if e.is_not_found() => false,
-            Err(e) => return Err(e.into()),
-        };
-        if !present {
-            self.inner.storage.rename(upload, &target).await?;
+        match self.inner.meta.claim_blob(digest.as_str(), size as i64).await? {
+            BlobClaim::Present => {
+                self.write_layer_link(repo, digest).await?;
+                if !self.inner.meta.link_existing(repo.as_str(), digest.as_str()).await? {
+                    return Err(RegistryError::Internal("blob vanished while being linked".into()));
+                }
+            }
+            BlobClaim::Write => {
+                self.inner.storage.rename(upload, &layout::blob_data(digest)).await?;
+                self.write_layer_link(repo, digest).await?;
+                self.inner.meta.finish_blob(repo.as_str(), digest.as_str()).await?;
+            }
         }
-        self.link_blob(repo, digest, size).await
+        Ok(())
     }
 
     async fn remove_upload(&self, repo: &RepoName, id: &Uuid) -> Result<()> {
@@ -514,22 +518,16 @@ impl Registry {
         self.check_references(repo, &record).await?;
 
         let storage = &self.inner.storage;
-        let blob_path = layout::blob_data(&digest);
-        let present = match storage.stat(&blob_path).await {
-            Ok(i) => i.size == content.len() as u64,
-            Err(e) if e.is_not_found() => false,
-            Err(e) => return Err(e.into()),
-        };
-        if !present {
-            storage.put_content(&blob_path, content.clone()).await?;
+        // The content is claimed like any blob, so collection cannot take it
+        // between here and the metadata commit.
+        if self.inner.meta.claim_blob(digest.as_str(), content.len() as i64).await? == BlobClaim::Write {
+            storage.put_content(&layout::blob_data(&digest), content.clone()).await?;
         }
+        // Links and rows of a repository change together, under its lock:
+        // concurrent pushes of one tag, and collection of untagged manifests,
+        // must leave storage and metadata naming the same manifests.
+        let _lock = self.inner.repo_locks.lock(repo.clone()).await;
         storage.put_content(&layout::revision_link(repo, &digest), layout::link_content(&digest)).await?;
-        // Tag links and the tag row change together: concurrent pushes of one
-        // tag must leave storage and metadata naming the same manifest.
-        let _tags = match tag {
-            Some(_) => Some(self.inner.repo_locks.lock(repo.clone()).await),
-            None => None,
-        };
         if let Some(t) = tag {
             storage.put_content(&layout::tag_index_link(repo, t, &digest), layout::link_content(&digest)).await?;
             storage.put_content(&layout::tag_current_link(repo, t), layout::link_content(&digest)).await?;

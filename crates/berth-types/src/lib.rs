@@ -8,6 +8,7 @@ pub mod duration;
 pub mod hash;
 pub mod manifest;
 pub mod name;
+pub mod pattern;
 
 pub use digest::{Digest, DigestError};
 pub use hash::Sha256State;

@@ -1,0 +1,273 @@
+//! Queries of the lifecycle jobs: garbage collection, retention, quotas,
+//! repository deletion.
+
+use std::future::Future;
+
+use sqlx::Row;
+
+use crate::{now_millis, Metadata, Result};
+
+/// A blob garbage collection takes: nothing references it, and it has been
+/// idle past the grace period (or its commit lease ran out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcVictim {
+    pub digest: String,
+    pub size: i64,
+    /// Repositories whose layer links name it.
+    pub repositories: Vec<String>,
+}
+
+/// One manifest of a repository, for deciding what is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestNode {
+    pub digest: String,
+    pub created_at: i64,
+    pub subject: Option<String>,
+    pub media_type: String,
+}
+
+/// The manifests, index edges and tags of one repository.
+#[derive(Debug, Clone, Default)]
+pub struct RepositoryGraph {
+    pub manifests: Vec<ManifestNode>,
+    /// (index, child manifest)
+    pub children: Vec<(String, String)>,
+    pub tags: Vec<TagInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagInfo {
+    pub name: String,
+    pub digest: String,
+    /// Milliseconds since the epoch.
+    pub pushed_at: i64,
+    pub pulled_at: i64,
+}
+
+impl Metadata {
+    /// Every repository known, in name order.
+    pub async fn all_repositories(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM repositories ORDER BY name").fetch_all(&self.read).await?)
+    }
+
+    /// Finds up to `limit` collectable blobs after `after` (in digest order)
+    /// and, unless `dry_run`, deletes their rows and — inside the same
+    /// transaction, so no writer can claim a blob in between — calls `delete`
+    /// to remove their content. If `delete` fails nothing is committed.
+    pub async fn sweep_blobs<F, Fut>(
+        &self,
+        cutoff: i64,
+        after: &str,
+        limit: i64,
+        dry_run: bool,
+        delete: F,
+    ) -> Result<Vec<GcVictim>>
+    where
+        F: FnOnce(Vec<GcVictim>) -> Fut,
+        Fut: Future<Output = std::result::Result<(), String>>,
+    {
+        let now = now_millis();
+        let mut tx = self.write.begin().await?;
+        let rows = sqlx::query(
+            "SELECT b.digest, b.size FROM blobs b WHERE b.digest > $1 \
+             AND ((b.state = 0 AND b.last_used < $2) OR (b.state = 1 AND b.lease_until < $3)) \
+             AND NOT EXISTS (SELECT 1 FROM manifest_references r WHERE r.child = b.digest) \
+             AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = b.digest) \
+             ORDER BY b.digest LIMIT $4",
+        )
+        .bind(after)
+        .bind(cutoff)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut victims = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let digest: String = r.try_get(0)?;
+            let repositories: Vec<String> = sqlx::query_scalar(
+                "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+                 WHERE rb.digest = $1 ORDER BY r.name",
+            )
+            .bind(&digest)
+            .fetch_all(&mut *tx)
+            .await?;
+            victims.push(GcVictim { size: r.try_get(1)?, digest, repositories });
+        }
+        if dry_run || victims.is_empty() {
+            tx.rollback().await?;
+            return Ok(victims);
+        }
+        for v in &victims {
+            sqlx::query("DELETE FROM repository_blobs WHERE digest = $1").bind(&v.digest).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM blobs WHERE digest = $1").bind(&v.digest).execute(&mut *tx).await?;
+        }
+        if let Err(e) = delete(victims.clone()).await {
+            tx.rollback().await?;
+            return Err(crate::MetadataError::Corrupt(format!("deleting blob content failed: {e}")));
+        }
+        tx.commit().await?;
+        for repo in victims.iter().flat_map(|v| v.repositories.iter()) {
+            self.cache.invalidate(repo);
+        }
+        Ok(victims)
+    }
+
+    /// Manifests, index edges and tags of `repo`.
+    pub async fn repository_graph(&self, repo: &str) -> Result<RepositoryGraph> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.created_at, m.subject, m.media_type FROM manifests m \
+             JOIN repositories r ON r.id = m.repository_id WHERE r.name = $1 ORDER BY m.digest",
+        )
+        .bind(repo)
+        .fetch_all(&self.write)
+        .await?;
+        let manifests = rows
+            .iter()
+            .map(|r| {
+                Ok(ManifestNode {
+                    digest: r.try_get(0)?,
+                    created_at: r.try_get(1)?,
+                    subject: r.try_get(2)?,
+                    media_type: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rows = sqlx::query(
+            "SELECT mr.parent, mr.child FROM manifest_references mr JOIN repositories r ON r.id = mr.repository_id \
+             WHERE r.name = $1 AND mr.child_is_manifest = 1",
+        )
+        .bind(repo)
+        .fetch_all(&self.write)
+        .await?;
+        let children = rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<Vec<_>>>()?;
+        let rows = sqlx::query(
+            "SELECT t.name, t.digest, t.updated_at, t.pulled_at FROM tags t JOIN repositories r ON r.id = t.repository_id \
+             WHERE r.name = $1 ORDER BY t.name",
+        )
+        .bind(repo)
+        .fetch_all(&self.write)
+        .await?;
+        let tags = rows
+            .iter()
+            .map(|r| {
+                Ok(TagInfo {
+                    name: r.try_get(0)?,
+                    digest: r.try_get(1)?,
+                    pushed_at: r.try_get(2)?,
+                    pulled_at: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RepositoryGraph { manifests, children, tags })
+    }
+
+    /// Deletes manifests of `repo` that still have no tag. Returns those deleted.
+    pub async fn delete_untagged(&self, repo: &str, digests: &[String]) -> Result<Vec<String>> {
+        let mut tx = self.write.begin().await?;
+        let mut deleted = Vec::new();
+        for d in digests {
+            let n = sqlx::query(
+                "DELETE FROM manifests WHERE digest = $2 \
+                 AND repository_id = (SELECT id FROM repositories WHERE name = $1) \
+                 AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = manifests.repository_id AND t.digest = $2)",
+            )
+            .bind(repo)
+            .bind(d)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                sqlx::query(
+                    "DELETE FROM manifest_references WHERE parent = $2 \
+                     AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+                )
+                .bind(repo)
+                .bind(d)
+                .execute(&mut *tx)
+                .await?;
+                deleted.push(d.clone());
+            }
+        }
+        tx.commit().await?;
+        self.cache.invalidate(repo);
+        Ok(deleted)
+    }
+
+    /// Records when tags were pulled (batched by the caller).
+    pub async fn record_pulls(&self, pulls: &[(String, String, i64)]) -> Result<()> {
+        if pulls.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.uploads.begin().await?;
+        for (repo, tag, at) in pulls {
+            sqlx::query(
+                "UPDATE tags SET pulled_at = $3 WHERE name = $2 AND pulled_at < $3 \
+                 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+            )
+            .bind(repo)
+            .bind(tag)
+            .bind(*at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Bytes of the distinct blobs (layers and manifests) held by the
+    /// repositories of a namespace (`ns` itself and everything below `ns/`).
+    /// A blob shared by several repositories counts once.
+    pub async fn namespace_usage(&self, ns: &str) -> Result<i64> {
+        let below = format!("{ns}/");
+        let total: Option<i64> = sqlx::query_scalar(
+            "SELECT SUM(b.size) FROM blobs b WHERE b.digest IN ( \
+               SELECT rb.digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+                 WHERE r.name = $1 OR substr(r.name, 1, length($2)) = $2 \
+               UNION SELECT m.digest FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+                 WHERE r.name = $1 OR substr(r.name, 1, length($2)) = $2)",
+        )
+        .bind(ns)
+        .bind(&below)
+        .fetch_one(&self.write)
+        .await?;
+        Ok(total.unwrap_or(0))
+    }
+
+    /// Whether any repository of the namespace already holds `digest`.
+    pub async fn namespace_has_blob(&self, ns: &str, digest: &str) -> Result<bool> {
+        let below = format!("{ns}/");
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+             WHERE rb.digest = $3 AND (r.name = $1 OR substr(r.name, 1, length($2)) = $2) LIMIT 1",
+        )
+        .bind(ns)
+        .bind(&below)
+        .bind(digest)
+        .fetch_optional(&self.write)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// Removes a repository with its tags, manifests and blob links. The blobs
+    /// themselves are left to garbage collection. False if it did not exist.
+    pub async fn delete_repository(&self, repo: &str) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(id) = id else { return Ok(false) };
+        for sql in [
+            "DELETE FROM tags WHERE repository_id = $1",
+            "DELETE FROM manifest_references WHERE repository_id = $1",
+            "DELETE FROM manifests WHERE repository_id = $1",
+            "DELETE FROM repository_blobs WHERE repository_id = $1",
+            "DELETE FROM repositories WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.cache.invalidate(repo);
+        Ok(true)
+    }
+}
