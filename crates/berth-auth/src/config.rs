@@ -161,6 +161,10 @@ pub struct AccessConfig {
     /// every authenticated user may do everything and anonymous users nothing.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Users (or `group:<name>`) who may run garbage collection and retention
+    /// and read quota usage through the administration endpoints.
+    #[serde(default)]
+    pub admins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,6 +217,13 @@ impl AuthConfig {
         }
         if (!self.access.rules.is_empty() || !self.access.groups.is_empty()) && self.token.is_some() {
             return bad("auth.access: rules do not apply to another issuer's tokens (their claims decide)");
+        }
+        for a in &self.access.admins {
+            if let Some(g) = a.strip_prefix("group:") {
+                if !self.access.groups.contains_key(g) {
+                    return Err(AuthError::Config(format!("auth.access.admins: unknown group {g:?}")));
+                }
+            }
         }
         for (i, r) in self.access.rules.iter().enumerate() {
             if r.repositories.is_empty() {

@@ -233,6 +233,16 @@ impl Grant {
         }
     }
 
+    /// Whether the caller may run administrative operations.
+    pub fn is_admin(&self) -> bool {
+        match &self.source {
+            GrantSource::Open => true,
+            GrantSource::Rules(a) | GrantSource::Issued(_, a) => a.rules.is_admin(&self.identity),
+            // Another issuer's tokens carry no administrator role.
+            GrantSource::Claims(_) => false,
+        }
+    }
+
     pub async fn may_pull(&self, repo: &RepoName) -> bool {
         self.allowed(repo, &Actions::of(&[Action::Pull])).await.contains(Action::Pull)
     }

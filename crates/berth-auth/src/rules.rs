@@ -22,6 +22,7 @@ struct Rule {
 pub struct Rules {
     groups: BTreeMap<String, Vec<String>>,
     rules: Vec<Rule>,
+    admins: Vec<String>,
 }
 
 impl Rules {
@@ -43,7 +44,16 @@ impl Rules {
                 actions: Actions::of(&r.actions),
             });
         }
-        Ok(Rules { groups: cfg.groups.clone(), rules })
+        Ok(Rules { groups: cfg.groups.clone(), rules, admins: cfg.admins.clone() })
+    }
+
+    /// Whether `identity` is an administrator (listed, or in a listed group).
+    pub fn is_admin(&self, identity: &Identity) -> bool {
+        let Some(user) = &identity.user else { return false };
+        self.admins.iter().any(|a| match a.strip_prefix("group:") {
+            Some(g) => self.groups.get(g).is_some_and(|m| m.iter().any(|u| u == user)),
+            None => a == user,
+        })
     }
 
     /// Whether any rule lets anonymous callers do anything.
@@ -112,6 +122,7 @@ mod tests {
     #[test]
     fn actions_add_up_across_users_groups_and_anonymous() {
         let cfg = AccessConfig {
+            admins: vec![],
             groups: [("devs".to_string(), vec!["bob".to_string()])].into(),
             rules: vec![
                 rule(&["**"], |r| r.anonymous = true),

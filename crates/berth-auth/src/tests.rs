@@ -44,7 +44,7 @@ fn env(issuer: bool, rules: Vec<RuleConfig>) -> Env {
             path: "/auth/token".into(),
             realm: None,
         }),
-        access: AccessConfig { groups: Default::default(), rules },
+        access: AccessConfig { groups: Default::default(), rules, admins: vec!["alice".into()] },
         ..Default::default()
     };
     let mut authz = Authorizer::new(cfg).unwrap().unwrap();

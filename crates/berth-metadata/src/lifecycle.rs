@@ -271,3 +271,26 @@ impl Metadata {
         Ok(true)
     }
 }
+
+impl Metadata {
+    /// Removes a blob's rows and links whatever their state, returning the
+    /// repositories it was linked in. Used to finish a collection that was
+    /// cut short after the blob's content went.
+    pub async fn forget_blob(&self, digest: &str) -> Result<Vec<String>> {
+        let mut tx = self.write.begin().await?;
+        let repositories: Vec<String> = sqlx::query_scalar(
+            "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+             WHERE rb.digest = $1 ORDER BY r.name",
+        )
+        .bind(digest)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM repository_blobs WHERE digest = $1").bind(digest).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM blobs WHERE digest = $1").bind(digest).execute(&mut *tx).await?;
+        tx.commit().await?;
+        for repo in &repositories {
+            self.cache.invalidate(repo);
+        }
+        Ok(repositories)
+    }
+}

@@ -32,6 +32,8 @@ pub enum RegistryError {
     Unsupported(String),
     #[error("registry is in read-only mode")]
     ReadOnly,
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     #[error("invalid pagination: {0}")]
     PaginationInvalid(String),
     #[error("request body could not be read: {0}")]

@@ -7,9 +7,10 @@
 //! first (verified, atomically committed), then the distribution-layout links,
 //! then the metadata row. What the metadata says exists is always in storage.
 
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use berth_metadata::{BlobClaim, Metadata, NewManifest, PutManifestOutcome, UploadRow};
 use berth_storage::{layout, StorageDriver};
@@ -22,6 +23,7 @@ mod content_cache;
 mod error;
 pub mod import;
 mod ingest;
+pub mod lifecycle;
 mod locks;
 
 pub use error::{RegistryError, Result};
@@ -31,10 +33,26 @@ pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send
 
 /// The policy switches of a registry (distribution's `storage.delete.enabled`
 /// and `storage.maintenance.readonly.enabled`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RegistryConfig {
     pub delete_enabled: bool,
     pub read_only: bool,
+    /// Byte limits per namespace.
+    pub quotas: Vec<lifecycle::Quota>,
+    /// Garbage collection's grace period: reads of a blob move its use time
+    /// often enough that a blob a client just checked outlives it.
+    pub gc_grace: std::time::Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            delete_enabled: false,
+            read_only: false,
+            quotas: Vec::new(),
+            gc_grace: std::time::Duration::from_secs(3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +114,12 @@ struct Inner {
     upload_locks: locks::KeyedLocks<Uuid>,
     repo_locks: locks::KeyedLocks<RepoName>,
     manifests: content_cache::ContentCache,
+    quotas: Vec<lifecycle::Quota>,
+    // One collection or retention run at a time.
+    gc_lock: tokio::sync::Mutex<()>,
+    // Tag pulls not yet written, and when blobs were last touched by a read.
+    pulls: Mutex<HashMap<(String, String), i64>>,
+    touched: Mutex<HashMap<Digest, std::time::Instant>>,
 }
 
 /// Memory kept for recently served manifests.
@@ -107,10 +131,14 @@ impl Registry {
             inner: Arc::new(Inner {
                 storage,
                 meta,
-                config,
                 upload_locks: locks::KeyedLocks::default(),
                 repo_locks: locks::KeyedLocks::default(),
                 manifests: content_cache::ContentCache::new(MANIFEST_CACHE_BYTES),
+                quotas: config.quotas.clone(),
+                gc_lock: tokio::sync::Mutex::new(()),
+                pulls: Mutex::default(),
+                touched: Mutex::default(),
+                config,
             }),
         }
     }
@@ -147,7 +175,9 @@ impl Registry {
     /// Size of a blob readable in `repo`.
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobInfo> {
         let size = self.inner.meta.repository_blob_size(repo.as_str(), digest.as_str()).await?;
-        size.map(|s| BlobInfo { size: s as u64 }).ok_or(RegistryError::BlobUnknown)
+        let info = size.map(|s| BlobInfo { size: s as u64 }).ok_or(RegistryError::BlobUnknown)?;
+        self.touch_on_read(digest).await;
+        Ok(info)
     }
 
     /// Streams a blob's bytes `[offset, offset+len)`; the caller has checked
@@ -181,6 +211,7 @@ impl Registry {
         let Some(size) = self.inner.meta.repository_blob_size(from.as_str(), digest.as_str()).await? else {
             return Ok(None);
         };
+        self.check_quota(repo, digest, size as u64).await?;
         // Linking also moves the blob's use time, so collection leaves it be;
         // if collection took it just now, there is nothing to mount.
         if !self.inner.meta.link_existing(repo.as_str(), digest.as_str()).await? {
@@ -347,6 +378,10 @@ impl Registry {
             self.remove_upload(repo, id).await?;
             return Err(RegistryError::DigestInvalid(format!("expected {digest}, content is {actual}")));
         }
+        if let Err(e) = self.check_quota(repo, digest, size).await {
+            self.remove_upload(repo, id).await?;
+            return Err(e);
+        }
         self.commit_blob(repo, &path, digest, size).await?;
         self.remove_upload(repo, id).await?;
         Ok(BlobInfo { size })
@@ -455,6 +490,9 @@ impl Registry {
 
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest> {
         let meta = self.resolve(repo, reference).await?;
+        if let Reference::Tag(t) = reference {
+            self.note_pull(repo, t);
+        }
         if let Some(content) = self.inner.manifests.get(&meta.digest) {
             return Ok(Manifest { meta, content });
         }
@@ -516,6 +554,7 @@ impl Registry {
         };
         // Fail fast, before writing anything, when references are missing.
         self.check_references(repo, &record).await?;
+        self.check_quota(repo, &digest, content.len() as u64).await?;
 
         let storage = &self.inner.storage;
         // The content is claimed like any blob, so collection cannot take it

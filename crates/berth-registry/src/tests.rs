@@ -18,7 +18,8 @@ async fn open_at(dir: &std::path::Path, config: RegistryConfig) -> Registry {
 
 async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open_at(dir.path(), RegistryConfig { delete_enabled: true, read_only: false }).await;
+    let reg =
+        open_at(dir.path(), RegistryConfig { delete_enabled: true, read_only: false, ..Default::default() }).await;
     Env { dir, reg }
 }
 
@@ -193,12 +194,13 @@ async fn manifests_round_trip_byte_exact_and_need_their_blobs() {
 #[tokio::test]
 async fn deletes_and_writes_obey_the_switches() {
     let dir = tempfile::tempdir().unwrap();
-    let reg = open_at(dir.path(), RegistryConfig { delete_enabled: false, read_only: false }).await;
+    let reg =
+        open_at(dir.path(), RegistryConfig { delete_enabled: false, read_only: false, ..Default::default() }).await;
     let repo = name("r");
     let d = push_blob(&reg, &repo, b"x").await;
     assert!(matches!(reg.delete_blob(&repo, &d).await, Err(RegistryError::Unsupported(_))));
     reg.metadata().close().await;
-    let reg = open_at(dir.path(), RegistryConfig { delete_enabled: true, read_only: true }).await;
+    let reg = open_at(dir.path(), RegistryConfig { delete_enabled: true, read_only: true, ..Default::default() }).await;
     assert!(matches!(reg.start_upload(&repo).await, Err(RegistryError::ReadOnly)));
     assert!(matches!(reg.delete_blob(&repo, &d).await, Err(RegistryError::ReadOnly)));
     assert_eq!(reg.stat_blob(&repo, &d).await.unwrap().size, 1, "reads still work");
@@ -334,4 +336,235 @@ async fn stale_uploads_are_purged() {
     assert_eq!(e.reg.purge_uploads(future, false).await.unwrap(), 1);
     assert!(matches!(e.reg.upload_status(&repo, &up.id).await, Err(RegistryError::BlobUploadUnknown)));
     assert!(!e.dir.path().join("store/docker/registry/v2/repositories/r/_uploads").join(up.id.to_string()).exists());
+}
+
+// ---- lifecycle: collection, retention, quotas, repository deletion ----
+
+use crate::lifecycle::{GcOptions, NoProgress, Quota, RetentionPolicy};
+
+fn gc(grace_ms: u64, delete_untagged: bool) -> GcOptions {
+    GcOptions {
+        grace: std::time::Duration::from_millis(grace_ms),
+        delete_untagged,
+        delete_referrers: false,
+        dry_run: false,
+    }
+}
+
+fn blob_file(dir: &std::path::Path, d: &Digest) -> std::path::PathBuf {
+    dir.join("store/docker/registry/v2/blobs/sha256").join(&d.hex()[..2]).join(d.hex()).join("data")
+}
+
+async fn settle() {
+    // Use times are in milliseconds: let "now" move past them.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+}
+
+#[tokio::test]
+async fn gc_takes_unreferenced_blobs_past_the_grace_period_only() {
+    let e = env().await;
+    let repo = name("team/app");
+    let config = push_blob(&e.reg, &repo, b"{}").await;
+    let layer = push_blob(&e.reg, &repo, b"layer").await;
+    let orphan = push_blob(&e.reg, &repo, b"pushed, never referenced").await;
+    let m = image_manifest(&config, 2, &[(&layer, 5)]);
+    e.reg.put_manifest(&repo, &Reference::parse("v1").unwrap(), None, m).await.unwrap();
+    settle().await;
+
+    let fresh = e.reg.collect_garbage(&gc(3_600_000, false), &NoProgress).await.unwrap();
+    assert_eq!(fresh.blobs_deleted, 0, "everything is inside the grace period");
+
+    let dry = e.reg.collect_garbage(&GcOptions { dry_run: true, ..gc(0, false) }, &NoProgress).await.unwrap();
+    assert_eq!(dry.blobs, vec![orphan.to_string()]);
+    assert!(blob_file(e.dir.path(), &orphan).exists(), "a dry run deletes nothing");
+
+    let done = e.reg.collect_garbage(&gc(0, false), &NoProgress).await.unwrap();
+    assert_eq!((done.blobs_deleted, done.bytes_freed), (1, 24));
+    assert!(!blob_file(e.dir.path(), &orphan).exists());
+    assert!(matches!(e.reg.stat_blob(&repo, &orphan).await, Err(RegistryError::BlobUnknown)));
+    for kept in [&config, &layer] {
+        assert!(blob_file(e.dir.path(), kept).exists());
+        e.reg.stat_blob(&repo, kept).await.unwrap();
+    }
+    // Pushed again, it is a new blob like any other.
+    push_blob(&e.reg, &repo, b"pushed, never referenced").await;
+    assert!(blob_file(e.dir.path(), &orphan).exists());
+}
+
+#[tokio::test]
+async fn delete_untagged_keeps_index_children_and_referrers_of_kept_manifests() {
+    let e = env().await;
+    let repo = name("multi");
+    let config = push_blob(&e.reg, &repo, b"{}").await;
+    let mut children = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let layer = push_blob(&e.reg, &repo, arch.as_bytes()).await;
+        let m = image_manifest(&config, 2, &[(&layer, arch.len())]);
+        let d = e.reg.put_manifest(&repo, &Reference::Digest(Digest::of_bytes(&m)), None, m.clone()).await.unwrap();
+        children.push((d.digest, m.len()));
+    }
+    let entries: Vec<String> = children
+        .iter()
+        .map(|(d, n)| format!(r#"{{"mediaType":"{}","digest":"{d}","size":{n}}}"#, berth_types::media::OCI_MANIFEST))
+        .collect();
+    let index = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#,
+        berth_types::media::OCI_INDEX,
+        entries.join(",")
+    ));
+    let index_digest =
+        e.reg.put_manifest(&repo, &Reference::parse("latest").unwrap(), None, index).await.unwrap().digest;
+    // A signature of the first child, and an image nothing tags.
+    let sig = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","artifactType":"application/example.sig","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{config}","size":2}},"layers":[],"subject":{{"mediaType":"{}","digest":"{}","size":{}}}}}"#,
+        berth_types::media::OCI_MANIFEST,
+        berth_types::media::OCI_MANIFEST,
+        children[0].0,
+        children[0].1
+    ));
+    let sig_digest =
+        e.reg.put_manifest(&repo, &Reference::Digest(Digest::of_bytes(&sig)), None, sig).await.unwrap().digest;
+    let lonely_layer = push_blob(&e.reg, &repo, b"only the untagged image has me").await;
+    let lonely = image_manifest(&config, 2, &[(&lonely_layer, 30)]);
+    let lonely_digest =
+        e.reg.put_manifest(&repo, &Reference::Digest(Digest::of_bytes(&lonely)), None, lonely).await.unwrap().digest;
+    settle().await;
+
+    let r = e.reg.collect_garbage(&gc(0, true), &NoProgress).await.unwrap();
+    assert_eq!(r.manifests, vec![format!("multi@{lonely_digest}")]);
+    assert!(r.blobs.contains(&lonely_layer.to_string()) && r.blobs.contains(&lonely_digest.to_string()), "{r:?}");
+    assert_eq!(r.blobs_deleted, 2, "the untagged image's layer and its manifest bytes: {r:?}");
+    for d in [&index_digest, &children[0].0, &children[1].0, &sig_digest] {
+        e.reg.get_manifest(&repo, &Reference::Digest(d.clone())).await.unwrap();
+    }
+    assert!(matches!(
+        e.reg.get_manifest(&repo, &Reference::Digest(lonely_digest)).await,
+        Err(RegistryError::ManifestUnknown)
+    ));
+
+    // Asked to, referrers of kept manifests go too.
+    let opts = GcOptions { delete_referrers: true, ..gc(0, true) };
+    let r = e.reg.collect_garbage(&opts, &NoProgress).await.unwrap();
+    assert_eq!(r.manifests, vec![format!("multi@{sig_digest}")]);
+    e.reg.get_manifest(&repo, &Reference::Digest(children[0].0.clone())).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_collection_cut_short_by_a_crash_is_finished_next_time() {
+    let e = env().await;
+    let repo = name("r");
+    let gone = push_blob(&e.reg, &repo, b"content deleted, rows not yet").await;
+    let kept = push_blob(&e.reg, &repo, b"journaled, content still there").await;
+    // What a crash between deleting content and committing leaves behind.
+    let journal = format!("{gone}\n{kept}\n");
+    e.reg.storage().put_content(&layout::gc_journal(), Bytes::from(journal)).await.unwrap();
+    std::fs::remove_file(blob_file(e.dir.path(), &gone)).unwrap();
+    assert_eq!(e.reg.stat_blob(&repo, &gone).await.unwrap().size, 29, "the metadata still names it");
+
+    assert_eq!(e.reg.finish_interrupted_collection().await.unwrap(), 1);
+    assert!(matches!(e.reg.stat_blob(&repo, &gone).await, Err(RegistryError::BlobUnknown)));
+    assert_eq!(e.reg.stat_blob(&repo, &kept).await.unwrap().size, 30, "its content is there: the next sweep decides");
+    assert!(matches!(e.reg.storage().stat(&layout::gc_journal()).await, Err(err) if err.is_not_found()));
+    assert!(!e.dir.path().join("store/docker/registry/v2/repositories/r/_layers/sha256").join(gone.hex()).exists());
+    // The blob can be pushed again.
+    push_blob(&e.reg, &repo, b"content deleted, rows not yet").await;
+    assert_eq!(e.reg.stat_blob(&repo, &gone).await.unwrap().size, 29);
+}
+
+#[tokio::test]
+async fn retention_keeps_the_newest_and_protected_tags_and_dry_runs_change_nothing() {
+    let e = env().await;
+    let repo = name("ci/app");
+    let config = push_blob(&e.reg, &repo, b"{}").await;
+    for (i, t) in ["t1", "release-1", "t2", "t3", "t4", "t5"].iter().enumerate() {
+        let layer = push_blob(&e.reg, &repo, t.as_bytes()).await;
+        let m = image_manifest(&config, 2, &[(&layer, t.len())]);
+        e.reg.put_manifest(&repo, &Reference::parse(t).unwrap(), None, m).await.unwrap();
+        // Distinct push times.
+        tokio::time::sleep(std::time::Duration::from_millis(3 + i as u64)).await;
+    }
+    let other = name("cache/app");
+    let c2 = push_blob(&e.reg, &other, b"{}").await;
+    e.reg.put_manifest(&other, &Reference::parse("old").unwrap(), None, image_manifest(&c2, 2, &[])).await.unwrap();
+    let policy = RetentionPolicy {
+        repositories: vec![berth_types::pattern::RepoPattern::parse("ci/**").unwrap()],
+        keep_last: Some(2),
+        keep_tags: vec!["release-*".into()],
+        older_than: None,
+        delete_untagged: true,
+    };
+    let grace = std::time::Duration::ZERO;
+    let dry = e.reg.apply_retention(std::slice::from_ref(&policy), grace, true, &NoProgress).await.unwrap();
+    assert_eq!(dry.tags, vec!["ci/app:t3", "ci/app:t2", "ci/app:t1"]);
+    assert_eq!(dry.manifests.len(), 3, "their manifests would be untagged: {dry:?}");
+    assert_eq!(e.reg.list_tags(&repo, None, None).await.unwrap().items.len(), 6, "a dry run deletes nothing");
+
+    let real = e.reg.apply_retention(std::slice::from_ref(&policy), grace, false, &NoProgress).await.unwrap();
+    assert_eq!(real.tags, dry.tags);
+    assert_eq!(real.manifests, dry.manifests);
+    assert_eq!(e.reg.list_tags(&repo, None, None).await.unwrap().items, vec!["release-1", "t4", "t5"]);
+    assert_eq!(e.reg.list_tags(&other, None, None).await.unwrap().items, vec!["old"], "no policy matches it");
+    assert!(!e.dir.path().join("store/docker/registry/v2/repositories/ci/app/_manifests/tags/t1").exists());
+
+    // A tag used recently is not "older than" anything.
+    let recent = RetentionPolicy { older_than: Some(std::time::Duration::from_secs(3600)), keep_last: None, ..policy };
+    let r = e.reg.apply_retention(&[recent], grace, false, &NoProgress).await.unwrap();
+    assert!(r.tags.is_empty(), "{r:?}");
+}
+
+#[tokio::test]
+async fn quotas_refuse_what_would_exceed_and_count_shared_blobs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let quotas = vec![Quota { namespace: "team".into(), limit: 100 }];
+    let reg = open_at(dir.path(), RegistryConfig { delete_enabled: true, quotas, ..Default::default() }).await;
+    let (a, b) = (name("team/a"), name("team/b"));
+    let sixty = [1u8; 60];
+    let d = push_blob(&reg, &a, &sixty).await;
+    push_blob(&reg, &b, &sixty).await;
+    assert_eq!(reg.mount_blob(&name("team/c"), &a, &d).await.unwrap(), Some(BlobInfo { size: 60 }));
+    let usage = reg.quota_usage().await.unwrap();
+    assert_eq!(usage[0].used, 60, "one blob in three repositories counts once");
+
+    let forty_one = [2u8; 41];
+    let err = reg.put_blob(&b, &Digest::of_bytes(&forty_one), None, body(&[&forty_one])).await.unwrap_err();
+    assert!(matches!(err, RegistryError::QuotaExceeded(ref m) if m.contains("team")), "{err:?}");
+    assert!(matches!(reg.stat_blob(&b, &Digest::of_bytes(&forty_one)).await, Err(RegistryError::BlobUnknown)));
+    // A chunked upload is refused at its commit, and leaves nothing.
+    let up = reg.start_upload(&b).await.unwrap();
+    reg.append_upload(&b, &up.id, None, None, body(&[&forty_one])).await.unwrap();
+    let err = reg.complete_upload(&b, &up.id, &Digest::of_bytes(&forty_one), None, None, None).await.unwrap_err();
+    assert!(matches!(err, RegistryError::QuotaExceeded(_)), "{err:?}");
+    assert!(matches!(reg.upload_status(&b, &up.id).await, Err(RegistryError::BlobUploadUnknown)));
+    // Other namespaces are not limited; what fits still goes in.
+    push_blob(&reg, &name("other/x"), &forty_one).await;
+    push_blob(&reg, &b, &[3u8; 40]).await;
+    assert_eq!(reg.quota_usage().await.unwrap()[0].used, 100);
+    // Manifests count too.
+    let m = image_manifest(&d, 60, &[]);
+    let err = reg.put_manifest(&a, &Reference::parse("v1").unwrap(), None, m).await.unwrap_err();
+    assert!(matches!(err, RegistryError::QuotaExceeded(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn deleting_a_repository_leaves_shared_blobs_and_frees_its_own() {
+    let e = env().await;
+    let (doomed, stays) = (name("team/doomed"), name("team/stays"));
+    let shared = push_blob(&e.reg, &doomed, b"shared").await;
+    let own = push_blob(&e.reg, &doomed, b"own").await;
+    let m = image_manifest(&shared, 6, &[(&own, 3)]);
+    e.reg.put_manifest(&doomed, &Reference::parse("v1").unwrap(), None, m).await.unwrap();
+    let c = push_blob(&e.reg, &stays, b"shared").await;
+    e.reg.put_manifest(&stays, &Reference::parse("v1").unwrap(), None, image_manifest(&c, 6, &[])).await.unwrap();
+
+    e.reg.delete_repository(&doomed).await.unwrap();
+    assert!(matches!(e.reg.delete_repository(&doomed).await, Err(RegistryError::NameUnknown)));
+    assert!(matches!(e.reg.list_tags(&doomed, None, None).await, Err(RegistryError::NameUnknown)));
+    assert_eq!(e.reg.catalog(10, None).await.unwrap().items, vec!["team/stays"]);
+    assert!(!e.dir.path().join("store/docker/registry/v2/repositories/team/doomed/_manifests").exists());
+    settle().await;
+    let r = e.reg.collect_garbage(&gc(0, false), &NoProgress).await.unwrap();
+    assert_eq!(r.blobs_deleted, 2, "its layer and its manifest: {r:?}");
+    assert!(r.blobs.contains(&own.to_string()));
+    e.reg.stat_blob(&stays, &shared).await.unwrap();
+    assert!(blob_file(e.dir.path(), &shared).exists());
 }

@@ -108,6 +108,7 @@ impl From<RegistryError> for ApiError {
             E::Unsupported(d) => ApiError::unsupported(d),
             E::ReadOnly => ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", msg),
             E::PaginationInvalid(d) => ApiError::pagination(d),
+            E::QuotaExceeded(d) => ApiError::new(StatusCode::FORBIDDEN, "DENIED", "quota exceeded").with_detail(d),
             E::BodyRead(d) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", "request body could not be read")
                     .with_detail(d.to_string())

@@ -14,6 +14,7 @@ use axum::Router;
 use berth_registry::Registry;
 use tracing::Instrument;
 
+mod admin;
 pub mod endpoint;
 pub mod error;
 mod handlers;
@@ -42,6 +43,21 @@ pub struct ServerConfig {
     pub log_fields: Option<String>,
     /// Authentication and access control; None serves everyone everything.
     pub auth: Option<Arc<berth_auth::Authorizer>>,
+    /// What the administration endpoints run with.
+    pub lifecycle: LifecycleConfig,
+}
+
+/// Settings of on-demand collection and retention.
+#[derive(Debug, Clone)]
+pub struct LifecycleConfig {
+    pub gc_grace: std::time::Duration,
+    pub retention: Vec<berth_registry::lifecycle::RetentionPolicy>,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig { gc_grace: std::time::Duration::from_secs(3600), retention: Vec::new() }
+    }
 }
 
 impl Default for ServerConfig {
@@ -55,6 +71,7 @@ impl Default for ServerConfig {
             access_log: true,
             log_fields: None,
             auth: None,
+            lifecycle: LifecycleConfig::default(),
         }
     }
 }
@@ -78,6 +95,7 @@ pub fn router(registry: Registry, config: ServerConfig) -> Router {
     }
     router
         .route("/", axum::routing::get(handlers::root))
+        .route("/_berth/{*rest}", axum::routing::any(admin::dispatch))
         .route("/v2", axum::routing::any(handlers::dispatch))
         .route("/v2/", axum::routing::any(handlers::dispatch))
         .route("/v2/{*rest}", axum::routing::any(handlers::dispatch))

@@ -411,7 +411,7 @@ async fn read_only_mode_refuses_writes_and_serves_reads() {
     let ro = TestApp {
         router: TestApp::open(
             app.dir.path(),
-            RegistryConfig { delete_enabled: true, read_only: true },
+            RegistryConfig { delete_enabled: true, read_only: true, ..Default::default() },
             ServerConfig::default(),
         )
         .await,

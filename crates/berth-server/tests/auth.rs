@@ -37,6 +37,7 @@ const ALL: &[Action] = &[Action::Pull, Action::Push, Action::Delete];
 fn rules() -> AccessConfig {
     AccessConfig {
         groups: Default::default(),
+        admins: vec![],
         rules: vec![
             rule(&["**"], &["alice"], false, ALL),
             rule(&["team/**"], &["reader"], false, &[Action::Pull]),
@@ -58,7 +59,7 @@ async fn app_with(auth: AuthConfig) -> TestApp {
     let mut a = Authorizer::new(auth).unwrap().unwrap();
     Arc::get_mut(&mut a).unwrap().failure_delay = Duration::from_millis(1);
     let sc = ServerConfig { auth: Some(a), ..ServerConfig::default() };
-    TestApp::with(RegistryConfig { delete_enabled: true, read_only: false }, sc).await
+    TestApp::with(RegistryConfig { delete_enabled: true, read_only: false, ..Default::default() }, sc).await
 }
 
 #[tokio::test]
@@ -488,6 +489,7 @@ fn external_config(validate_url: &str, authorize_url: Option<&str>) -> AuthConfi
         // Every authenticated user may do everything the authorization service allows.
         access: AccessConfig {
             groups: Default::default(),
+            admins: vec![],
             rules: vec![RuleConfig { authenticated: true, ..rule(&["**"], &[], false, ALL) }],
         },
         ..Default::default()

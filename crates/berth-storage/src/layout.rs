@@ -99,6 +99,11 @@ pub fn repo_name_of(path: &StoragePath) -> Option<RepoName> {
     path.0.strip_prefix(&prefix).and_then(|n| RepoName::parse(n).ok())
 }
 
+/// The `_layers` directory of a repository.
+pub fn layers_root(name: &RepoName) -> StoragePath {
+    StoragePath::new(format!("{}/_layers", repo_root(name).0))
+}
+
 pub fn layers_dir(name: &RepoName) -> StoragePath {
     StoragePath::new(format!("{}/_layers/sha256", repo_root(name).0))
 }
@@ -150,6 +155,12 @@ pub fn upload_data(name: &RepoName, id: &Uuid) -> StoragePath {
 /// Distribution's upload purger reads this to find abandoned uploads.
 pub fn upload_started_at(name: &RepoName, id: &Uuid) -> StoragePath {
     StoragePath::new(format!("{}/startedat", upload_dir(name, id).0))
+}
+
+/// Berth's own record of a garbage collection batch whose content deletion
+/// had started (outside distribution's tree, which distribution ignores).
+pub fn gc_journal() -> StoragePath {
+    StoragePath::new("_berth/gc/pending".to_owned())
 }
 
 /// Content of a link file pointing at `d`.

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use berth_metadata::Metadata;
@@ -22,6 +21,8 @@ use crate::config::{default_data_dir, Config};
 pub enum Mode {
     Serve,
     Import,
+    /// A maintenance command working on the store directly.
+    Maintain,
 }
 
 pub fn check_config(file: &Path) -> Result<()> {
@@ -70,12 +71,35 @@ fn describe_storage(cfg: &Config) -> (String, String) {
 }
 
 /// Everything built from the configuration, and what must outlive it.
-struct Built {
-    registry: Registry,
+pub(crate) struct Built {
+    pub registry: Registry,
     _scratch: Option<tempfile::TempDir>,
 }
 
-async fn build(cfg: &Config, mode: Mode) -> Result<Built> {
+/// The lock a server holds on its store for its whole life, so that a second
+/// server, or an offline maintenance command, does not open the same embedded
+/// database beside it. Ok(None) when the store has no directory (in memory).
+pub(crate) fn lock_store(cfg: &Config) -> Result<Option<Result<std::fs::File, ()>>> {
+    if cfg.storage.inmemory.is_some() {
+        return Ok(None);
+    }
+    let dir = fs_root(cfg).join("_berth");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("serve.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(Ok(f))),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(Some(Err(()))),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!("locking {}: {e}", path.display())),
+    }
+}
+
+pub(crate) async fn build(cfg: &Config, mode: Mode) -> Result<Built> {
     let (storage, scratch): (Arc<dyn StorageDriver>, _) = if cfg.storage.inmemory.is_some() {
         (Arc::new(MemoryDriver::new()), None)
     } else {
@@ -112,6 +136,8 @@ async fn build(cfg: &Config, mode: Mode) -> Result<Built> {
     let rc = RegistryConfig {
         delete_enabled: cfg.storage.delete.enabled,
         read_only: cfg.storage.maintenance.readonly.enabled,
+        quotas: cfg.quota_limits()?,
+        gc_grace: cfg.gc.grace,
     };
     Ok(Built { registry: Registry::new(storage, meta, rc), _scratch: scratch })
 }
@@ -149,6 +175,13 @@ impl ImportProgress for Progress {
 pub fn run(mode: Mode, config_file: Option<PathBuf>) -> Result<()> {
     let cfg = Config::load(config_file.as_deref(), std::env::vars())?;
     crate::logging::init(&cfg);
+    let _lock = match lock_store(&cfg)? {
+        Some(Err(())) => anyhow::bail!(
+            "another berth server uses the store at {}; stop it first (maintenance commands talk to it instead)",
+            fs_root(&cfg).display()
+        ),
+        other => other,
+    };
     // Blocking threads each get an allocator arena; a bound keeps memory predictable.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(64)
@@ -162,7 +195,7 @@ pub fn run(mode: Mode, config_file: Option<PathBuf>) -> Result<()> {
                 built.registry.metadata().close().await;
                 Ok(())
             }
-            Mode::Serve => serve(&cfg, built).await,
+            Mode::Serve | Mode::Maintain => serve(&cfg, built).await,
         }
     })
 }
@@ -172,17 +205,11 @@ async fn serve(cfg: &Config, built: Built) -> Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
 
-    let mut workers = Vec::new();
-    let purge = &cfg.storage.maintenance.uploadpurging;
-    if purge.enabled && !cfg.storage.maintenance.readonly.enabled {
-        workers.push(tokio::spawn(purge_uploads(
-            registry.clone(),
-            purge.age,
-            purge.interval,
-            purge.dryrun,
-            shutdown.clone(),
-        )));
+    // A collection a crash cut short is finished before anything is served.
+    if !cfg.storage.maintenance.readonly.enabled {
+        registry.finish_interrupted_collection().await.context("finishing an interrupted garbage collection")?;
     }
+    let workers = crate::jobs::start(cfg, &registry, &shutdown)?;
 
     let auth = berth_auth::Authorizer::new(cfg.auth.clone())?;
     if let Some(a) = &auth {
@@ -197,6 +224,7 @@ async fn serve(cfg: &Config, built: Built) -> Result<()> {
         access_log: !cfg.log.accesslog.disabled,
         log_fields: (!cfg.log.fields.is_empty()).then(|| serde_json::to_string(&cfg.log.fields).unwrap_or_default()),
         auth,
+        lifecycle: berth_server::LifecycleConfig { gc_grace: cfg.gc.grace, retention: cfg.retention_policies()? },
     };
     let router = berth_server::router(registry.clone(), server_cfg);
     let (storage, db) = describe_storage(cfg);
@@ -228,6 +256,9 @@ async fn serve(cfg: &Config, built: Built) -> Result<()> {
     for w in workers {
         let _ = w.await;
     }
+    if let Err(e) = registry.flush_pulls().await {
+        tracing::warn!(error = %e, "could not record the last pulls");
+    }
     registry.metadata().close().await;
     tracing::info!("stopped");
     Ok(())
@@ -258,23 +289,4 @@ async fn signals(shutdown: CancellationToken) {
     }
     tracing::info!("shutting down");
     shutdown.cancel();
-}
-
-/// distribution's `maintenance.uploadpurging`: removes uploads idle longer than `age`.
-async fn purge_uploads(registry: Registry, age: Duration, interval: Duration, dry_run: bool, stop: CancellationToken) {
-    // The first pass runs soon after start, as a crash may have left uploads behind.
-    let mut wait = Duration::from_secs(10).min(interval);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = interval;
-        let before = berth_metadata::now_millis() - age.as_millis() as i64;
-        match registry.purge_uploads(before, dry_run).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(purged = n, dry_run, "purged stale uploads"),
-            Err(e) => tracing::error!(error = %e, "upload purge failed"),
-        }
-    }
 }

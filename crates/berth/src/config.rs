@@ -34,6 +34,85 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub auth: berth_auth::AuthConfig,
+    /// Berth: online garbage collection.
+    #[serde(default)]
+    pub gc: GcConfig,
+    /// Berth: retention policies.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// Berth: byte limits per namespace.
+    #[serde(default)]
+    pub quotas: Vec<QuotaConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    /// Run on a schedule (collection on demand works either way).
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "day", deserialize_with = "berth_types::duration::seconds")]
+    pub interval: Duration,
+    /// Blobs and untagged manifests younger than this are never collected.
+    #[serde(default = "hour", deserialize_with = "berth_types::duration::seconds")]
+    pub grace: Duration,
+    #[serde(default)]
+    pub deleteuntagged: bool,
+    #[serde(default)]
+    pub dryrun: bool,
+}
+
+fn hour() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig { enabled: false, interval: day(), grace: hour(), deleteuntagged: false, dryrun: false }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    #[serde(default = "day", deserialize_with = "berth_types::duration::seconds")]
+    pub interval: Duration,
+    #[serde(default)]
+    pub dryrun: bool,
+    #[serde(default)]
+    pub policies: Vec<RetentionPolicyConfig>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { interval: day(), dryrun: false, policies: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicyConfig {
+    pub repositories: Vec<String>,
+    #[serde(default)]
+    pub keeplast: Option<usize>,
+    #[serde(default)]
+    pub keeptags: Vec<String>,
+    #[serde(default, deserialize_with = "optional_seconds")]
+    pub olderthan: Option<Duration>,
+    #[serde(default)]
+    pub deleteuntagged: bool,
+}
+
+fn optional_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    berth_types::duration::seconds(d).map(Some)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub namespace: String,
+    /// `10GiB`, `500MB`, or bytes.
+    pub limit: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -413,7 +492,61 @@ impl Config {
             bail!("catalog.maxentries: must be at least 1");
         }
         self.auth.validate().map_err(|e| anyhow!("{e}"))?;
+        self.retention_policies()?;
+        self.quota_limits()?;
+        if self.gc.enabled && self.gc.interval.is_zero() {
+            bail!("gc.interval: must be greater than zero");
+        }
         Ok(())
+    }
+
+    pub fn retention_policies(&self) -> Result<Vec<berth_registry::lifecycle::RetentionPolicy>> {
+        self.retention
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let repositories = p
+                    .repositories
+                    .iter()
+                    .map(|r| {
+                        berth_types::pattern::RepoPattern::parse(r)
+                            .map_err(|e| anyhow!("retention.policies[{i}].repositories: {e}"))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                if repositories.is_empty() {
+                    bail!("retention.policies[{i}].repositories: list at least one pattern");
+                }
+                Ok(berth_registry::lifecycle::RetentionPolicy {
+                    repositories,
+                    keep_last: p.keeplast,
+                    keep_tags: p.keeptags.clone(),
+                    older_than: p.olderthan,
+                    delete_untagged: p.deleteuntagged,
+                })
+            })
+            .collect()
+    }
+
+    pub fn quota_limits(&self) -> Result<Vec<berth_registry::lifecycle::Quota>> {
+        self.quotas
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let limit = match &q.limit {
+                    serde_json::Value::Number(n) => {
+                        n.as_u64().ok_or_else(|| anyhow!("quotas[{i}].limit: not a byte count"))?
+                    }
+                    serde_json::Value::String(s) => {
+                        berth_types::pattern::parse_size(s).map_err(|e| anyhow!("quotas[{i}].limit: {e}"))?
+                    }
+                    _ => bail!("quotas[{i}].limit: a size such as 10GiB"),
+                };
+                let ns = q.namespace.trim_matches('/');
+                berth_types::RepoName::parse(ns).map_err(|e| anyhow!("quotas[{i}].namespace: {e}"))?;
+                Ok(berth_registry::lifecycle::Quota { namespace: ns.to_owned(), limit })
+            })
+            .collect()
     }
 
     /// The log level: `log.level`, else the deprecated `loglevel`, in lower case.

@@ -7,8 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod admin;
 mod app;
 mod config;
+mod jobs;
 mod logging;
 
 #[derive(Parser)]
@@ -47,8 +49,66 @@ enum Command {
         #[command(subcommand)]
         command: HtpasswdCommand,
     },
+    /// Garbage collection now (with a server running, the server does it).
+    /// Flags as distribution's `registry garbage-collect`.
+    Gc {
+        #[arg(value_name = "CONFIG")]
+        config_file: Option<PathBuf>,
+        #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "config_file")]
+        config: Option<PathBuf>,
+        /// List what would be deleted, delete nothing.
+        #[arg(long, short = 'd')]
+        dry_run: bool,
+        /// Also delete manifests without tags (never children of a tagged
+        /// index, nor referrers of a kept manifest unless --delete-referrers).
+        #[arg(long, short = 'm')]
+        delete_untagged: bool,
+        /// With --delete-untagged, also delete referrers (signatures, SBOMs) of kept manifests.
+        #[arg(long)]
+        delete_referrers: bool,
+        /// Leave alone what is younger than this (default: gc.grace).
+        #[arg(long, value_parser = parse_grace)]
+        grace: Option<std::time::Duration>,
+    },
+    /// Apply the retention policies now.
+    Retention {
+        #[arg(value_name = "CONFIG")]
+        config_file: Option<PathBuf>,
+        #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "config_file")]
+        config: Option<PathBuf>,
+        #[arg(long, short = 'd')]
+        dry_run: bool,
+    },
+    /// Repository commands.
+    Repo {
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+    /// Show how much of each namespace quota is used.
+    Quotas {
+        #[arg(value_name = "CONFIG")]
+        config_file: Option<PathBuf>,
+        #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "config_file")]
+        config: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum RepoCommand {
+    /// Delete a repository: its tags, manifests and blob links.
+    Delete {
+        name: String,
+        #[arg(value_name = "CONFIG")]
+        config_file: Option<PathBuf>,
+        #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "config_file")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    berth_types::duration::parse(s, std::time::Duration::from_secs(1))
 }
 
 #[derive(Subcommand)]
@@ -106,6 +166,16 @@ fn main() -> ExitCode {
         }
         Command::Serve { config_file, config } => app::run(app::Mode::Serve, config.or(config_file)),
         Command::Import { config_file, config } => app::run(app::Mode::Import, config.or(config_file)),
+        Command::Gc { config_file, config, dry_run, delete_untagged, delete_referrers, grace } => {
+            admin::run(admin::Command::Gc { dry_run, delete_untagged, delete_referrers, grace }, config.or(config_file))
+        }
+        Command::Retention { config_file, config, dry_run } => {
+            admin::run(admin::Command::Retention { dry_run }, config.or(config_file))
+        }
+        Command::Repo { command: RepoCommand::Delete { name, config_file, config } } => {
+            admin::run(admin::Command::DeleteRepository { name }, config.or(config_file))
+        }
+        Command::Quotas { config_file, config } => admin::run(admin::Command::Quotas, config.or(config_file)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -60,7 +60,11 @@ impl Resp {
 
 impl TestApp {
     pub async fn new() -> Self {
-        Self::with(RegistryConfig { delete_enabled: true, read_only: false }, ServerConfig::default()).await
+        Self::with(
+            RegistryConfig { delete_enabled: true, read_only: false, ..Default::default() },
+            ServerConfig::default(),
+        )
+        .await
     }
 
     pub async fn with(rc: RegistryConfig, sc: ServerConfig) -> Self {

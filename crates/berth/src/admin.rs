@@ -1,0 +1,182 @@
+//! Maintenance commands: `gc`, `retention`, `repo delete`, `quotas`. With no
+//! server on the store they work on it directly (holding the store's lock);
+//! with a server running they ask it, through its administration endpoints,
+//! so the server's caches and locks stay right. Credentials for a server with
+//! authentication come from `BERTH_USER` and `BERTH_PASSWORD`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use berth_registry::lifecycle::{GcOptions, GcReport, Progress, RetentionReport};
+use berth_types::RepoName;
+
+use crate::app::{self, Mode};
+use crate::config::Config;
+
+pub enum Command {
+    Gc { dry_run: bool, delete_untagged: bool, delete_referrers: bool, grace: Option<Duration> },
+    Retention { dry_run: bool },
+    DeleteRepository { name: String },
+    Quotas,
+}
+
+pub fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<()> {
+    let cfg = Config::load(config_file.as_deref(), std::env::vars())?;
+    crate::logging::init(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    match app::lock_store(&cfg)? {
+        Some(Err(())) => rt.block_on(remote(&cfg, cmd)),
+        lock => {
+            let out = rt.block_on(local(&cfg, cmd));
+            drop(lock);
+            out
+        }
+    }
+}
+
+struct Bar(indicatif::ProgressBar);
+
+impl Progress for Bar {
+    fn phase(&self, name: &str) {
+        self.0.set_message(name.to_owned());
+    }
+    fn advance(&self, items: usize) {
+        self.0.inc(items as u64);
+    }
+}
+
+fn bar() -> Bar {
+    let b = indicatif::ProgressBar::new_spinner();
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}: {pos} done ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    b.enable_steady_tick(Duration::from_millis(200));
+    Bar(b)
+}
+
+fn print_gc(r: &GcReport) {
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    println!(
+        "garbage collection {verb} {} manifests and {} blobs, {} bytes",
+        r.manifests_deleted, r.blobs_deleted, r.bytes_freed
+    );
+    if r.dry_run {
+        for m in &r.manifests {
+            println!("  manifest {m}");
+        }
+        for b in &r.blobs {
+            println!("  blob {b}");
+        }
+    }
+}
+
+fn print_retention(r: &RetentionReport) {
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    println!("retention {verb} {} tags and {} manifests", r.tags.len(), r.manifests.len());
+    for t in &r.tags {
+        println!("  tag {t}");
+    }
+    for m in &r.manifests {
+        println!("  manifest {m}");
+    }
+}
+
+async fn local(cfg: &Config, cmd: Command) -> Result<()> {
+    let built = app::build(cfg, Mode::Maintain).await?;
+    let reg = built.registry.clone();
+    let out = match cmd {
+        Command::Gc { dry_run, delete_untagged, delete_referrers, grace } => {
+            let opts = GcOptions { grace: grace.unwrap_or(cfg.gc.grace), delete_untagged, delete_referrers, dry_run };
+            let b = bar();
+            let r = reg.collect_garbage(&opts, &b).await;
+            b.0.finish_and_clear();
+            print_gc(&r?);
+            Ok(())
+        }
+        Command::Retention { dry_run } => {
+            let b = bar();
+            let r = reg.apply_retention(&cfg.retention_policies()?, cfg.gc.grace, dry_run, &b).await;
+            b.0.finish_and_clear();
+            print_retention(&r?);
+            Ok(())
+        }
+        Command::DeleteRepository { name } => {
+            let repo = RepoName::parse(&name).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            reg.delete_repository(&repo).await?;
+            println!("deleted repository {repo} (its blobs go with the next garbage collection)");
+            Ok(())
+        }
+        Command::Quotas => {
+            for q in reg.quota_usage().await? {
+                println!(
+                    "{}: {} of {} bytes ({:.1} %)",
+                    q.namespace,
+                    q.used,
+                    q.limit,
+                    q.used as f64 * 100.0 / q.limit.max(1) as f64
+                );
+            }
+            Ok(())
+        }
+    };
+    reg.metadata().close().await;
+    out
+}
+
+/// The URL of the server this configuration describes, for local maintenance.
+fn server_url(cfg: &Config) -> Result<String> {
+    if let Some(h) = &cfg.http.host {
+        return Ok(h.trim_end_matches('/').to_owned());
+    }
+    if cfg.http.net == "unix" {
+        bail!("the running server listens on a unix socket; use its administration endpoints with curl --unix-socket");
+    }
+    let addr = &cfg.http.addr;
+    let port = addr.rsplit(':').next().unwrap_or("5000");
+    let host = addr.rsplit_once(':').map(|(h, _)| h).filter(|h| !h.is_empty() && *h != "0.0.0.0" && *h != "[::]");
+    Ok(format!("http://{}:{port}", host.unwrap_or("127.0.0.1")))
+}
+
+async fn remote(cfg: &Config, cmd: Command) -> Result<()> {
+    let base = server_url(cfg)?;
+    eprintln!("a server runs on this store; asking it at {base}");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(24 * 3600)).build()?;
+    let flag = |b: bool| if b { "true" } else { "false" };
+    let req = match &cmd {
+        Command::Gc { dry_run, delete_untagged, delete_referrers, grace } => {
+            if grace.is_some() {
+                eprintln!("note: the server collects with its own gc.grace");
+            }
+            client.post(format!(
+                "{base}/_berth/gc?dryrun={}&deleteuntagged={}&deletereferrers={}",
+                flag(*dry_run),
+                flag(*delete_untagged),
+                flag(*delete_referrers)
+            ))
+        }
+        Command::Retention { dry_run } => client.post(format!("{base}/_berth/retention?dryrun={}", flag(*dry_run))),
+        Command::DeleteRepository { name } => client.delete(format!("{base}/_berth/repositories/{name}")),
+        Command::Quotas => client.get(format!("{base}/_berth/quotas")),
+    };
+    let req = match (std::env::var("BERTH_USER"), std::env::var("BERTH_PASSWORD")) {
+        (Ok(u), Ok(p)) => req.basic_auth(u, Some(p)),
+        _ => req,
+    };
+    let resp = req.send().await.with_context(|| format!("asking the server at {base}"))?;
+    let status = resp.status();
+    let body = resp.text().await?;
+    if !status.is_success() {
+        bail!("the server answered {status}: {body}");
+    }
+    match cmd {
+        Command::Gc { .. } => print_gc(&serde_json::from_str(&body)?),
+        Command::Retention { .. } => print_retention(&serde_json::from_str(&body)?),
+        Command::DeleteRepository { name } => {
+            println!("deleted repository {name} (its blobs go with the next garbage collection)")
+        }
+        Command::Quotas => println!("{body}"),
+    }
+    Ok(())
+}
