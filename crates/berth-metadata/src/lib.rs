@@ -123,7 +123,6 @@ pub struct Metadata {
     // be (SQLite: synchronous=NORMAL, durable against a crash of the process,
     // not of the machine). Committed data goes through `write`.
     uploads: AnyPool,
-    #[allow(dead_code)]
     backend: Backend,
     cache: Arc<Cache>,
 }
@@ -210,6 +209,15 @@ impl Metadata {
             tracing::info!(version, "applied metadata migration");
         }
         Ok(())
+    }
+
+    /// Starts a write transaction. SQLite takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that read first could not
+    /// upgrade after the other writing connection committed (SQLITE_BUSY_SNAPSHOT).
+    async fn begin<'p>(&self, pool: &'p AnyPool) -> Result<Transaction<'p, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+        })
     }
 
     pub async fn close(&self) {
@@ -316,7 +324,7 @@ impl Metadata {
     /// caller must put the content in place, then call [`Metadata::finish_blob`].
     pub async fn claim_blob(&self, digest: &str, size: i64) -> Result<BlobClaim> {
         let now = now_millis();
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin(&self.write).await?;
         let touched = sqlx::query("UPDATE blobs SET last_used = $2 WHERE digest = $1 AND state = 0")
             .bind(digest)
             .bind(now)
@@ -343,7 +351,7 @@ impl Metadata {
 
     /// Marks a claimed blob's content as in place and links it into `repo`.
     pub async fn finish_blob(&self, repo: &str, digest: &str) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin(&self.write).await?;
         let repo_id = Self::ensure_repository(&mut tx, repo).await?;
         let now = now_millis();
         sqlx::query("UPDATE blobs SET state = 0, lease_until = 0, last_used = $2 WHERE digest = $1")
@@ -360,7 +368,7 @@ impl Metadata {
     /// Links a blob whose content is present into `repo`, moving its use
     /// time. False when the blob is not (or no longer) present.
     pub async fn link_existing(&self, repo: &str, digest: &str) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin(&self.write).await?;
         let now = now_millis();
         let present = sqlx::query("UPDATE blobs SET last_used = $2 WHERE digest = $1 AND state = 0")
             .bind(digest)
@@ -469,7 +477,7 @@ impl Metadata {
     /// transaction that first checks every referenced blob and child manifest
     /// is present in the repository.
     pub async fn put_manifest(&self, m: &NewManifest<'_>) -> Result<PutManifestOutcome> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin(&self.write).await?;
         let repo_id = Self::ensure_repository(&mut tx, m.repository).await?;
         let checked_blobs: &[&str] = if m.trust_references { &[] } else { &m.blobs };
         let checked_children: &[&str] = if m.trust_references { &[] } else { &m.children };
@@ -567,7 +575,7 @@ impl Metadata {
     /// Records everything found for some repositories of an existing store,
     /// in one transaction. Idempotent.
     pub async fn import_repositories(&self, imps: &[ImportedRepository<'_>]) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin(&self.write).await?;
         for imp in imps {
             Self::import_one(&mut tx, imp).await?;
         }
@@ -626,7 +634,7 @@ impl Metadata {
     /// Deletes a manifest from a repository with the tags pointing at it.
     /// Returns the removed tags, or None if the manifest was not there.
     pub async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<Option<Vec<String>>> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin(&self.write).await?;
         let repo_id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
             .bind(repo)
             .fetch_optional(&mut *tx)
@@ -681,7 +689,7 @@ impl Metadata {
 
     /// Removes a tag. Returns the digest it pointed at, if it existed.
     pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<Option<String>> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin(&self.write).await?;
         let digest: Option<String> = sqlx::query_scalar(
             "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repository_id WHERE r.name = $1 AND t.name = $2",
         )

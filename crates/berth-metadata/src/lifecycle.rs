@@ -67,7 +67,7 @@ impl Metadata {
         Fut: Future<Output = std::result::Result<(), String>>,
     {
         let now = now_millis();
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin(&self.write).await?;
         let rows = sqlx::query(
             "SELECT b.digest, b.size FROM blobs b WHERE b.digest > $1 \
              AND ((b.state = 0 AND b.last_used < $2) OR (b.state = 1 AND b.lease_until < $3)) \
@@ -163,7 +163,7 @@ impl Metadata {
 
     /// Deletes manifests of `repo` that still have no tag. Returns those deleted.
     pub async fn delete_untagged(&self, repo: &str, digests: &[String]) -> Result<Vec<String>> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin(&self.write).await?;
         let mut deleted = Vec::new();
         for d in digests {
             let n = sqlx::query(
@@ -198,7 +198,7 @@ impl Metadata {
         if pulls.is_empty() {
             return Ok(());
         }
-        let mut tx = self.uploads.begin().await?;
+        let mut tx = self.begin(&self.uploads).await?;
         for (repo, tag, at) in pulls {
             sqlx::query(
                 "UPDATE tags SET pulled_at = $3 WHERE name = $2 AND pulled_at < $3 \
@@ -251,7 +251,7 @@ impl Metadata {
     /// Removes a repository with its tags, manifests and blob links. The blobs
     /// themselves are left to garbage collection. False if it did not exist.
     pub async fn delete_repository(&self, repo: &str) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin(&self.write).await?;
         let id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
             .bind(repo)
             .fetch_optional(&mut *tx)
@@ -277,7 +277,7 @@ impl Metadata {
     /// repositories it was linked in. Used to finish a collection that was
     /// cut short after the blob's content went.
     pub async fn forget_blob(&self, digest: &str) -> Result<Vec<String>> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin(&self.write).await?;
         let repositories: Vec<String> = sqlx::query_scalar(
             "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
              WHERE rb.digest = $1 ORDER BY r.name",

@@ -81,7 +81,7 @@ pub struct Quota {
     pub limit: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct QuotaUsage {
     pub namespace: String,
     pub limit: u64,

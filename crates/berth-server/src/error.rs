@@ -108,7 +108,10 @@ impl From<RegistryError> for ApiError {
             E::Unsupported(d) => ApiError::unsupported(d),
             E::ReadOnly => ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", msg),
             E::PaginationInvalid(d) => ApiError::pagination(d),
-            E::QuotaExceeded(d) => ApiError::new(StatusCode::FORBIDDEN, "DENIED", "quota exceeded").with_detail(d),
+            // Clients print the message, not the detail: it says which quota.
+            E::QuotaExceeded(d) => {
+                ApiError::new(StatusCode::FORBIDDEN, "DENIED", format!("quota exceeded: {d}")).with_detail(d)
+            }
             E::BodyRead(d) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", "request body could not be read")
                     .with_detail(d.to_string())

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use berth_registry::lifecycle::{GcOptions, GcReport, Progress, RetentionReport};
+use berth_registry::lifecycle::{GcOptions, GcReport, Progress, QuotaUsage, RetentionReport};
 use berth_types::RepoName;
 
 use crate::app::{self, Mode};
@@ -83,6 +83,16 @@ fn print_retention(r: &RetentionReport) {
     }
 }
 
+fn print_quotas(usage: &[QuotaUsage]) {
+    if usage.is_empty() {
+        println!("no quotas are configured");
+    }
+    for q in usage {
+        let pct = q.used as f64 * 100.0 / q.limit.max(1) as f64;
+        println!("{}: {} of {} bytes ({pct:.1} %)", q.namespace, q.used, q.limit);
+    }
+}
+
 async fn local(cfg: &Config, cmd: Command) -> Result<()> {
     let built = app::build(cfg, Mode::Maintain).await?;
     let reg = built.registry.clone();
@@ -109,15 +119,7 @@ async fn local(cfg: &Config, cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Quotas => {
-            for q in reg.quota_usage().await? {
-                println!(
-                    "{}: {} of {} bytes ({:.1} %)",
-                    q.namespace,
-                    q.used,
-                    q.limit,
-                    q.used as f64 * 100.0 / q.limit.max(1) as f64
-                );
-            }
+            print_quotas(&reg.quota_usage().await?);
             Ok(())
         }
     };
@@ -176,7 +178,7 @@ async fn remote(cfg: &Config, cmd: Command) -> Result<()> {
         Command::DeleteRepository { name } => {
             println!("deleted repository {name} (its blobs go with the next garbage collection)")
         }
-        Command::Quotas => println!("{body}"),
+        Command::Quotas => print_quotas(&serde_json::from_str::<Vec<QuotaUsage>>(&body)?),
     }
     Ok(())
 }
