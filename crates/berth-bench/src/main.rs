@@ -14,6 +14,7 @@ use clap::Parser;
 use serde::Serialize;
 
 mod blobs;
+mod gc;
 mod load;
 mod server;
 mod store;
@@ -36,7 +37,7 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
-    /// Only these sections (blobs, pushes, requests, images, blobs-tmpfs, startup, listing).
+    /// Only these sections (blobs, pushes, requests, images, blobs-tmpfs, startup, listing, gc).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Seconds of each wrk run.
@@ -198,6 +199,9 @@ fn main() -> Result<()> {
     }
     if env.wants(&args.only, "listing") {
         rt.block_on(listing(&env, repos, &mut report))?;
+    }
+    if env.wants(&args.only, "gc") {
+        gc::gc(&env, &mut report)?;
     }
 
     let out = serde_json::json!({

@@ -38,7 +38,7 @@ pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn config(kind: Kind, root: &Path, port: u16, delete: bool) -> String {
+pub fn config(kind: Kind, root: &Path, port: u16, delete: bool) -> String {
     let level = match kind {
         Kind::Berth => "warn",
         Kind::Reference => "error",

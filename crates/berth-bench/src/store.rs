@@ -10,11 +10,11 @@ use bytes::Bytes;
 
 use crate::blobs::{digest_of, make_blobs, manifest_json, Blob};
 
-fn hex(d: &str) -> &str {
+pub fn hex(d: &str) -> &str {
     d.trim_start_matches("sha256:")
 }
 
-fn write(path: &Path, data: &[u8]) -> Result<()> {
+pub fn write(path: &Path, data: &[u8]) -> Result<()> {
     if let Some(p) = path.parent() {
         fs::create_dir_all(p)?;
     }
@@ -22,7 +22,7 @@ fn write(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn blob_path(root: &Path, digest: &str) -> std::path::PathBuf {
+pub fn blob_path(root: &Path, digest: &str) -> std::path::PathBuf {
     let h = hex(digest);
     root.join("docker/registry/v2/blobs/sha256").join(&h[..2]).join(h).join("data")
 }

@@ -726,12 +726,65 @@ compatibility:
             ("compatibility:\n  schema1:\n    enabled: true\n", "compatibility.schema1.enabled"),
             ("http:\n  headers:\n    \"bad header\": [x]\n", "http.headers.bad header"),
             ("catalog:\n  maxentries: -1\n", "catalog.maxentries"),
+            ("gc:\n  grace: soon\n", "gc.grace"),
+            ("gc:\n  enabled: true\n  interval: 0s\n", "gc.interval"),
+            ("retention:\n  policies:\n    - repositories: []\n", "retention.policies[0].repositories"),
+            ("retention:\n  policies:\n    - repositories: [\"a//b\"]\n", "retention.policies[0].repositories"),
+            ("retention:\n  policies:\n    - repositories: [a]\n      keep: 3\n", "keep"),
+            ("quotas:\n  - namespace: team\n    limit: 10 parsecs\n", "quotas[0].limit"),
+            ("quotas:\n  - namespace: Team\n    limit: 1GiB\n", "quotas[0].namespace"),
+            ("auth:\n  htpasswd:\n    realm: r\n    path: /x\n  access:\n    admins: [\"group:ops\"]\n", "admins"),
         ];
         for (yaml, key) in cases {
             let e = load(yaml, &[]).unwrap_err();
             let msg = format!("{e:#}");
             assert!(msg.contains(key), "{yaml:?}: {msg}");
         }
+    }
+
+    #[test]
+    fn lifecycle_keys_are_read() {
+        let c = load(
+            r#"
+gc:
+  enabled: true
+  interval: 6h
+  grace: 30m
+  deleteuntagged: true
+retention:
+  interval: 12h
+  policies:
+    - repositories: ["ci/**"]
+      keeplast: 20
+      keeptags: ["release-*"]
+      deleteuntagged: true
+    - repositories: ["cache/**"]
+      olderthan: 336h
+quotas:
+  - namespace: team-a/
+    limit: 50GiB
+  - namespace: team-b
+    limit: 1000
+"#,
+            &[],
+        )
+        .unwrap();
+        assert!(c.gc.enabled && c.gc.deleteuntagged);
+        assert_eq!((c.gc.interval, c.gc.grace), (Duration::from_secs(6 * 3600), Duration::from_secs(1800)));
+        let p = c.retention_policies().unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].keep_last, p[0].keep_tags.clone(), p[0].older_than),
+            (Some(20), vec!["release-*".into()], None)
+        );
+        assert_eq!(p[1].older_than, Some(Duration::from_secs(336 * 3600)));
+        assert!(p[0].repositories[0].matches(&berth_types::RepoName::parse("ci/a/b").unwrap()));
+        let q = c.quota_limits().unwrap();
+        assert_eq!((q[0].namespace.as_str(), q[0].limit), ("team-a", 50 << 30));
+        assert_eq!((q[1].namespace.as_str(), q[1].limit), ("team-b", 1000));
+        let d = load("", &[]).unwrap();
+        assert!(!d.gc.enabled);
+        assert_eq!(d.gc.grace, Duration::from_secs(3600));
     }
 
     #[test]
