@@ -151,16 +151,15 @@ impl Registry {
                     // and committing the rows is finished by the next run.
                     let journal: String = victims.iter().map(|v| format!("{}\n", v.digest)).collect();
                     storage.put_content(&layout::gc_journal(), journal.into()).await.map_err(|e| e.to_string())?;
+                    let mut paths = Vec::new();
                     for v in &victims {
                         let Ok(digest) = Digest::parse(&v.digest) else { continue };
                         for r in v.repositories.iter().filter_map(|r| RepoName::parse(r).ok()) {
-                            if let Some(dir) = layout::layer_link(&r, &digest).parent() {
-                                gone_or(storage.delete(&dir).await).map_err(|e| e.to_string())?;
-                            }
+                            paths.extend(layout::layer_link(&r, &digest).parent());
                         }
-                        gone_or(storage.delete(&layout::blob_dir(&digest)).await).map_err(|e| e.to_string())?;
+                        paths.push(layout::blob_dir(&digest));
                     }
-                    Ok(())
+                    storage.delete_many(&paths).await.map_err(|e| e.to_string())
                 })
                 .await?;
             if !opts.dry_run && !victims.is_empty() {

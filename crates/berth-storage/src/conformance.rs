@@ -100,4 +100,13 @@ pub async fn run_all(d: &dyn StorageDriver) {
     assert!(d.list(&layout::tags_dir(&name)).await.unwrap_err().is_not_found(), "dir removed");
     d.delete(&blob).await.expect("delete file");
     assert!(d.get_content(&blob).await.unwrap_err().is_not_found(), "file removed");
+
+    // Many at once: files and trees, some already gone.
+    let other = RepoName::parse("conformance/other").unwrap();
+    d.put_content(&blob, Bytes::from_static(b"again")).await.expect("put");
+    d.put_content(&layout::tag_current_link(&other, &t1), Bytes::from_static(b"x")).await.expect("put");
+    let gone = layout::blob_data(&Digest::of_bytes(b"never written"));
+    d.delete_many(&[blob.clone(), layout::repo_root(&other), gone]).await.expect("delete many");
+    assert!(d.stat(&blob).await.unwrap_err().is_not_found(), "file removed");
+    assert!(d.list(&layout::repo_root(&other)).await.unwrap_err().is_not_found(), "tree removed");
 }

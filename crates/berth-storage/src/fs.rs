@@ -234,6 +234,25 @@ impl StorageDriver for FsDriver {
         .await
     }
 
+    async fn delete_many(&self, paths: &[StoragePath]) -> Result<()> {
+        let jobs: Vec<(PathBuf, StoragePath)> = paths.iter().map(|p| (self.full(p), p.clone())).collect();
+        blocking(move || {
+            for (full, p) in jobs {
+                let r = match fs::symlink_metadata(&full) {
+                    Ok(m) if m.is_dir() => fs::remove_dir_all(&full),
+                    Ok(_) => fs::remove_file(&full),
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(StorageError::io(&p, e)),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn rename(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {
         let src = self.full(from);
         let dst = self.full(to);

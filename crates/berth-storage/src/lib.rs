@@ -90,6 +90,20 @@ pub trait StorageDriver: Send + Sync + 'static {
     /// Deletes a file or a whole directory tree.
     async fn delete(&self, path: &StoragePath) -> Result<()>;
 
+    /// Deletes many files or trees; those already gone are no error. Unlike
+    /// [`StorageDriver::delete`] it need not wait until the deletions are
+    /// durable: it serves garbage collection, where a deletion lost to a
+    /// power failure only leaves unindexed content behind.
+    async fn delete_many(&self, paths: &[StoragePath]) -> Result<()> {
+        for p in paths {
+            match self.delete(p).await {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Moves a file atomically and durably, replacing any file at `to`.
     async fn rename(&self, from: &StoragePath, to: &StoragePath) -> Result<()>;
 }
