@@ -18,6 +18,8 @@ use crate::{ByteStream, FileInfo, Result, StorageDriver, StorageError, StoragePa
 /// beat memory-mapped windows here, whose page-table work costs more than
 /// the copy it saves).
 const READ_CHUNK: u64 = 2 * 1024 * 1024;
+/// Threads one `delete_many` spreads its deletions over.
+const DELETE_THREADS: usize = 8;
 /// Temporary files older than this are leftovers of a crash.
 const STALE_TMP: Duration = Duration::from_secs(3600);
 
@@ -235,22 +237,33 @@ impl StorageDriver for FsDriver {
     }
 
     async fn delete_many(&self, paths: &[StoragePath]) -> Result<()> {
-        let jobs: Vec<(PathBuf, StoragePath)> = paths.iter().map(|p| (self.full(p), p.clone())).collect();
-        blocking(move || {
-            for (full, p) in jobs {
-                let r = match fs::symlink_metadata(&full) {
-                    Ok(m) if m.is_dir() => fs::remove_dir_all(&full),
-                    Ok(_) => fs::remove_file(&full),
-                    Err(e) => Err(e),
-                };
-                match r {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(StorageError::io(&p, e)),
-                    _ => {}
-                }
-            }
-            Ok(())
-        })
-        .await
+        // Unlinking waits on the filesystem's journal far more than on the
+        // CPU, so several threads at once go several times faster.
+        let per_task = paths.len().div_ceil(DELETE_THREADS).max(1);
+        let tasks: Vec<_> = paths
+            .chunks(per_task)
+            .map(|chunk| {
+                let jobs: Vec<(PathBuf, StoragePath)> = chunk.iter().map(|p| (self.full(p), p.clone())).collect();
+                blocking(move || {
+                    for (full, p) in jobs {
+                        let r = match fs::symlink_metadata(&full) {
+                            Ok(m) if m.is_dir() => fs::remove_dir_all(&full),
+                            Ok(_) => fs::remove_file(&full),
+                            Err(e) => Err(e),
+                        };
+                        match r {
+                            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(StorageError::io(&p, e)),
+                            _ => {}
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for r in futures_util::future::join_all(tasks).await {
+            r?;
+        }
+        Ok(())
     }
 
     async fn rename(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {

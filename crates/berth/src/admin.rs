@@ -56,40 +56,51 @@ fn bar() -> Bar {
     Bar(b)
 }
 
+// Reports go to stdout line by line; a reader that went away (`| head`)
+// ends the output, not the process.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 fn print_gc(r: &GcReport) {
     let verb = if r.dry_run { "would delete" } else { "deleted" };
-    println!(
+    out!(
         "garbage collection {verb} {} manifests and {} blobs, {} bytes",
-        r.manifests_deleted, r.blobs_deleted, r.bytes_freed
+        r.manifests_deleted,
+        r.blobs_deleted,
+        r.bytes_freed
     );
     if r.dry_run {
         for m in &r.manifests {
-            println!("  manifest {m}");
+            out!("  manifest {m}");
         }
         for b in &r.blobs {
-            println!("  blob {b}");
+            out!("  blob {b}");
         }
     }
 }
 
 fn print_retention(r: &RetentionReport) {
     let verb = if r.dry_run { "would delete" } else { "deleted" };
-    println!("retention {verb} {} tags and {} manifests", r.tags.len(), r.manifests.len());
+    out!("retention {verb} {} tags and {} manifests", r.tags.len(), r.manifests.len());
     for t in &r.tags {
-        println!("  tag {t}");
+        out!("  tag {t}");
     }
     for m in &r.manifests {
-        println!("  manifest {m}");
+        out!("  manifest {m}");
     }
 }
 
 fn print_quotas(usage: &[QuotaUsage]) {
     if usage.is_empty() {
-        println!("no quotas are configured");
+        out!("no quotas are configured");
     }
     for q in usage {
         let pct = q.used as f64 * 100.0 / q.limit.max(1) as f64;
-        println!("{}: {} of {} bytes ({pct:.1} %)", q.namespace, q.used, q.limit);
+        out!("{}: {} of {} bytes ({pct:.1} %)", q.namespace, q.used, q.limit);
     }
 }
 
@@ -115,7 +126,7 @@ async fn local(cfg: &Config, cmd: Command) -> Result<()> {
         Command::DeleteRepository { name } => {
             let repo = RepoName::parse(&name).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             reg.delete_repository(&repo).await?;
-            println!("deleted repository {repo} (its blobs go with the next garbage collection)");
+            out!("deleted repository {repo} (its blobs go with the next garbage collection)");
             Ok(())
         }
         Command::Quotas => {
@@ -176,7 +187,7 @@ async fn remote(cfg: &Config, cmd: Command) -> Result<()> {
         Command::Gc { .. } => print_gc(&serde_json::from_str(&body)?),
         Command::Retention { .. } => print_retention(&serde_json::from_str(&body)?),
         Command::DeleteRepository { name } => {
-            println!("deleted repository {name} (its blobs go with the next garbage collection)")
+            out!("deleted repository {name} (its blobs go with the next garbage collection)")
         }
         Command::Quotas => print_quotas(&serde_json::from_str::<Vec<QuotaUsage>>(&body)?),
     }
