@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Registry, RegistryError, Result};
 
 /// Blobs examined per collection transaction.
-const SWEEP_BATCH: i64 = 256;
+const SWEEP_BATCH: i64 = 512;
 /// Entries listed by name in a report (the counts stay exact).
 const REPORT_LIST: usize = 1000;
 
@@ -162,9 +162,7 @@ impl Registry {
                     storage.delete_many(&paths).await.map_err(|e| e.to_string())
                 })
                 .await?;
-            if !opts.dry_run && !victims.is_empty() {
-                gone_or(self.inner.storage.delete(&layout::gc_journal()).await)?;
-            }
+            // Each batch overwrites the journal; the last one goes when the sweep ends.
             let Some(last) = victims.last() else { break };
             after = last.digest.clone();
             for v in &victims {
@@ -175,6 +173,9 @@ impl Registry {
                 }
             }
             progress.advance(victims.len());
+        }
+        if !opts.dry_run && report.blobs_deleted > 0 {
+            gone_or(self.inner.storage.delete(&layout::gc_journal()).await)?;
         }
         tracing::info!(
             dry_run = opts.dry_run,
