@@ -3,7 +3,7 @@
 # side: builds both tools in release mode, installs wrk, skopeo and the
 # reference registry if missing, and runs every workload once.
 #
-#   bench/run.sh            full run (about 10 minutes on 2 cores)
+#   bench/run.sh            full run (about 20 minutes on 2 cores, half of it gc)
 #   bench/run.sh --quick    a short run
 #   bench/run.sh --only requests,listing
 #

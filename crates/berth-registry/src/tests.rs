@@ -568,3 +568,37 @@ async fn deleting_a_repository_leaves_shared_blobs_and_frees_its_own() {
     e.reg.stat_blob(&stays, &shared).await.unwrap();
     assert!(blob_file(e.dir.path(), &shared).exists());
 }
+
+#[tokio::test]
+async fn retention_by_age_counts_pulls_as_use() {
+    let e = env().await;
+    let repo = name("cache/app");
+    let config = push_blob(&e.reg, &repo, b"{}").await;
+    for t in ["idle", "pulled"] {
+        let layer = push_blob(&e.reg, &repo, t.as_bytes()).await;
+        e.reg
+            .put_manifest(&repo, &Reference::parse(t).unwrap(), None, image_manifest(&config, 2, &[(&layer, t.len())]))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // A pull by tag is noted, and written with the next flush.
+    e.reg.get_manifest(&repo, &Reference::parse("pulled").unwrap()).await.unwrap();
+    e.reg.flush_pulls().await.unwrap();
+    let g = e.reg.metadata().repository_graph(repo.as_str()).await.unwrap();
+    let pulled = g.tags.iter().find(|t| t.name == "pulled").unwrap();
+    assert!(pulled.pulled_at > pulled.pushed_at, "{pulled:?}");
+    assert_eq!(g.tags.iter().find(|t| t.name == "idle").unwrap().pulled_at, 0);
+
+    let policy = RetentionPolicy {
+        repositories: vec![berth_types::pattern::RepoPattern::parse("cache/**").unwrap()],
+        keep_last: None,
+        keep_tags: vec![],
+        older_than: Some(std::time::Duration::from_millis(200)),
+        delete_untagged: false,
+    };
+    let r = e.reg.apply_retention(&[policy], std::time::Duration::ZERO, false, &NoProgress).await.unwrap();
+    assert_eq!(r.tags, vec!["cache/app:idle"]);
+    assert!(r.manifests.is_empty(), "untagged manifests stay unless asked");
+    assert_eq!(e.reg.list_tags(&repo, None, None).await.unwrap().items, vec!["pulled"]);
+}
