@@ -20,24 +20,35 @@ struct Cli {
     command: Command,
 }
 
+/// The configuration file: `berth CMD FILE` or `berth CMD -c FILE`.
+#[derive(clap::Args)]
+struct ConfigPath {
+    /// Configuration file (distribution's config.yml format).
+    #[arg(value_name = "CONFIG")]
+    config_file: Option<PathBuf>,
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "config_file")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigPath {
+    fn path(self) -> Option<PathBuf> {
+        self.config.or(self.config_file)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the registry. Without a configuration it listens on :5000 and keeps
     /// its data in $BERTH_DATA_DIR (default ~/.local/share/berth).
     Serve {
-        /// Configuration file (distribution's config.yml format).
-        #[arg(value_name = "CONFIG")]
-        config_file: Option<PathBuf>,
-        #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "config_file")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigPath,
     },
     /// Build (or refresh) the metadata database from the storage, e.g. a store
     /// written by the distribution registry.
     Import {
-        #[arg(value_name = "CONFIG")]
-        config_file: Option<PathBuf>,
-        #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "config_file")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigPath,
     },
     /// Configuration commands.
     Config {
@@ -52,10 +63,8 @@ enum Command {
     /// Garbage collection now (with a server running, the server does it).
     /// Flags as distribution's `registry garbage-collect`.
     Gc {
-        #[arg(value_name = "CONFIG")]
-        config_file: Option<PathBuf>,
-        #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "config_file")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigPath,
         /// List what would be deleted, delete nothing.
         #[arg(long, short = 'd')]
         dry_run: bool,
@@ -72,10 +81,8 @@ enum Command {
     },
     /// Apply the retention policies now.
     Retention {
-        #[arg(value_name = "CONFIG")]
-        config_file: Option<PathBuf>,
-        #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "config_file")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigPath,
         #[arg(long, short = 'd')]
         dry_run: bool,
     },
@@ -86,10 +93,8 @@ enum Command {
     },
     /// Show how much of each namespace quota is used.
     Quotas {
-        #[arg(value_name = "CONFIG")]
-        config_file: Option<PathBuf>,
-        #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "config_file")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigPath,
     },
     /// Print the version.
     Version,
@@ -100,10 +105,8 @@ enum RepoCommand {
     /// Delete a repository: its tags, manifests and blob links.
     Delete {
         name: String,
-        #[arg(value_name = "CONFIG")]
-        config_file: Option<PathBuf>,
-        #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "config_file")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigPath,
     },
 }
 
@@ -164,18 +167,16 @@ fn main() -> ExitCode {
         Command::Htpasswd { command: HtpasswdCommand::Add { user, file, password_stdin } } => {
             htpasswd_add(&user, &file, password_stdin)
         }
-        Command::Serve { config_file, config } => app::run(app::Mode::Serve, config.or(config_file)),
-        Command::Import { config_file, config } => app::run(app::Mode::Import, config.or(config_file)),
-        Command::Gc { config_file, config, dry_run, delete_untagged, delete_referrers, grace } => {
-            admin::run(admin::Command::Gc { dry_run, delete_untagged, delete_referrers, grace }, config.or(config_file))
+        Command::Serve { config } => app::run(app::Mode::Serve, config.path()),
+        Command::Import { config } => app::run(app::Mode::Import, config.path()),
+        Command::Gc { config, dry_run, delete_untagged, delete_referrers, grace } => {
+            admin::run(admin::Command::Gc { dry_run, delete_untagged, delete_referrers, grace }, config.path())
         }
-        Command::Retention { config_file, config, dry_run } => {
-            admin::run(admin::Command::Retention { dry_run }, config.or(config_file))
+        Command::Retention { config, dry_run } => admin::run(admin::Command::Retention { dry_run }, config.path()),
+        Command::Repo { command: RepoCommand::Delete { name, config } } => {
+            admin::run(admin::Command::DeleteRepository { name }, config.path())
         }
-        Command::Repo { command: RepoCommand::Delete { name, config_file, config } } => {
-            admin::run(admin::Command::DeleteRepository { name }, config.or(config_file))
-        }
-        Command::Quotas { config_file, config } => admin::run(admin::Command::Quotas, config.or(config_file)),
+        Command::Quotas { config } => admin::run(admin::Command::Quotas, config.path()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
