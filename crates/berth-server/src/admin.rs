@@ -1,6 +1,6 @@
 //! Administration endpoints (Berth extensions, outside `/v2/`):
 //!
-//! - `POST /_berth/gc?dryrun=&deleteuntagged=&deletereferrers=`: run garbage collection now
+//! - `POST /_berth/gc?dryrun=&deleteuntagged=&deletereferrers=&grace=`: run garbage collection now
 //! - `POST /_berth/retention?dryrun=`: apply the retention policies now
 //! - `GET /_berth/quotas`: usage of each namespace with a quota
 //! - `DELETE /_berth/repositories/<name>`: delete a repository
@@ -29,10 +29,10 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
     let flag = |k: &str| query.get(k).is_some_and(|v| v == "true" || v == "1");
     let auth = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let result = match (&parts.method, path) {
-        (&Method::POST, "gc") => match admin(&state, auth).await {
-            Ok(()) => {
+        (&Method::POST, "gc") => match admin(&state, auth).await.and_then(|()| grace(&state, &query)) {
+            Ok(grace) => {
                 let opts = GcOptions {
-                    grace: state.config.lifecycle.gc_grace,
+                    grace,
                     delete_untagged: flag("deleteuntagged"),
                     delete_referrers: flag("deletereferrers"),
                     dry_run: flag("dryrun"),
@@ -81,6 +81,15 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
         _ => Err(ApiError::not_found()),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `grace=<duration>` (`90s`, `10m`, a bare number of seconds), else `gc.grace`.
+fn grace(state: &AppState, query: &HashMap<String, String>) -> Result<std::time::Duration, ApiError> {
+    match query.get("grace") {
+        None => Ok(state.config.lifecycle.gc_grace),
+        Some(g) => berth_types::duration::parse(g, std::time::Duration::from_secs(1))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", "invalid grace period").with_detail(e)),
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Response {

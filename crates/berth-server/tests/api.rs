@@ -642,3 +642,28 @@ async fn garbage_requests_never_cause_server_errors() {
     r.expect(200);
     assert_eq!(&r.body[..], &kept_body[..]);
 }
+
+#[tokio::test]
+async fn gc_endpoint_collects_with_its_own_or_the_asked_grace_period() {
+    let app = TestApp::new().await;
+    let orphan = b"pushed, never named by a manifest";
+    let d = Digest::of_bytes(orphan).to_string();
+    app.send(Method::POST, &format!("/v2/gc/app/blobs/uploads/?digest={d}"), &[], &orphan[..]).await.expect(201);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+
+    // gc.grace (an hour by default) protects the fresh blob.
+    let r = app.send(Method::POST, "/_berth/gc", &[], "").await;
+    r.expect(200);
+    assert_eq!(r.json()["blobs_deleted"], 0);
+    app.send(Method::HEAD, &format!("/v2/gc/app/blobs/{d}"), &[], "").await.expect(200);
+
+    app.send(Method::POST, "/_berth/gc?grace=soon", &[], "").await.expect_error(400, "UNSUPPORTED");
+    let r = app.send(Method::POST, "/_berth/gc?grace=0s&dryrun=true", &[], "").await;
+    r.expect(200);
+    assert_eq!(r.json()["blobs"], serde_json::json!([d]));
+    let r = app.send(Method::POST, "/_berth/gc?grace=0s", &[], "").await;
+    r.expect(200);
+    assert_eq!((r.json()["blobs_deleted"].clone(), r.json()["bytes_freed"].clone()), (1.into(), orphan.len().into()));
+    app.send(Method::HEAD, &format!("/v2/gc/app/blobs/{d}"), &[], "").await.expect(404);
+    app.send(Method::GET, "/_berth/nothing", &[], "").await.expect_error(404, "NOT_FOUND");
+}

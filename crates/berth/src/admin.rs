@@ -159,11 +159,9 @@ async fn remote(cfg: &Config, cmd: Command) -> Result<()> {
     let flag = |b: bool| if b { "true" } else { "false" };
     let req = match &cmd {
         Command::Gc { dry_run, delete_untagged, delete_referrers, grace } => {
-            if grace.is_some() {
-                eprintln!("note: the server collects with its own gc.grace");
-            }
+            let grace = grace.map(|g| format!("&grace={}ms", g.as_millis())).unwrap_or_default();
             client.post(format!(
-                "{base}/_berth/gc?dryrun={}&deleteuntagged={}&deletereferrers={}",
+                "{base}/_berth/gc?dryrun={}&deleteuntagged={}&deletereferrers={}{grace}",
                 flag(*dry_run),
                 flag(*delete_untagged),
                 flag(*delete_referrers)
