@@ -118,7 +118,7 @@ struct Inner {
     // One collection or retention run at a time.
     gc_lock: tokio::sync::Mutex<()>,
     // Tag pulls not yet written, and when blobs were last touched by a read.
-    pulls: Mutex<HashMap<(String, String), i64>>,
+    pulls: Mutex<lifecycle::PendingPulls>,
     touched: Mutex<HashMap<Digest, std::time::Instant>>,
 }
 

@@ -42,6 +42,16 @@ pub struct GcReport {
     pub blobs: Vec<String>,
 }
 
+/// Tag pulls noted but not yet written, by repository then tag.
+#[derive(Debug, Default)]
+pub(crate) struct PendingPulls {
+    by_repo: HashMap<String, HashMap<String, i64>>,
+    len: usize,
+}
+
+/// Pulls remembered between writes; more are dropped until the next write.
+const MAX_PENDING_PULLS: usize = 100_000;
+
 /// Receives progress of a long lifecycle run.
 pub trait Progress: Send + Sync {
     fn phase(&self, _name: &str) {}
@@ -370,10 +380,15 @@ impl Registry {
     }
 
     /// Remembers that a tag was pulled; written to the metadata in batches.
+    /// A tag pulled again since the last write costs no allocation.
     pub fn note_pull(&self, repo: &RepoName, tag: &Tag) {
+        let now = now_millis();
         let mut p = self.inner.pulls.lock().unwrap_or_else(|e| e.into_inner());
-        if p.len() < 100_000 {
-            p.insert((repo.to_string(), tag.to_string()), now_millis());
+        if let Some(at) = p.by_repo.get_mut(repo.as_str()).and_then(|tags| tags.get_mut(tag.as_str())) {
+            *at = now;
+        } else if p.len < MAX_PENDING_PULLS {
+            p.by_repo.entry(repo.to_string()).or_default().insert(tag.to_string(), now);
+            p.len += 1;
         }
     }
 
@@ -381,7 +396,11 @@ impl Registry {
     pub async fn flush_pulls(&self) -> Result<()> {
         let pulls: Vec<(String, String, i64)> = {
             let mut p = self.inner.pulls.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::take(&mut *p).into_iter().map(|((r, t), at)| (r, t, at)).collect()
+            std::mem::take(&mut *p)
+                .by_repo
+                .into_iter()
+                .flat_map(|(r, tags)| tags.into_iter().map(move |(t, at)| (r.clone(), t, at)))
+                .collect()
         };
         self.inner.meta.record_pulls(&pulls).await?;
         Ok(())

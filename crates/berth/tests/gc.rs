@@ -193,20 +193,9 @@ fn skopeo_pull(addr: &str, reference: &str, work: &Path, all: bool) {
     let _ = std::fs::remove_dir_all(&dest);
 }
 
-fn berth(args: &[&str], cfg: &Path) -> std::process::Output {
-    output(Command::new(berth_bin()).args(args).arg(cfg).env("NO_COLOR", "1"))
-}
-
 #[track_caller]
 fn berth_ok(args: &[&str], cfg: &Path) -> String {
-    let o = berth(args, cfg);
-    assert!(
-        o.status.success(),
-        "berth {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    run(Command::new(berth_bin()).args(args).arg(cfg).env("NO_COLOR", "1"))
 }
 
 /// A configuration on a fixed free port, so maintenance commands can reach
