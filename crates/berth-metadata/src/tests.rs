@@ -140,14 +140,15 @@ async fn uploads_advance_only_from_the_expected_size() {
         repository: "r".into(),
         size: 0,
         hash_state: vec![1, 2],
+        storage_state: None,
         started_at: 1,
         updated_at: 1,
     };
     md.create_upload(&u).await.unwrap();
-    assert!(md.advance_upload("u1", 0, 10, &[3]).await.unwrap());
-    assert!(!md.advance_upload("u1", 0, 20, &[4]).await.unwrap(), "stale size refused");
+    assert!(md.advance_upload("u1", 0, 10, &[3], Some("parts")).await.unwrap());
+    assert!(!md.advance_upload("u1", 0, 20, &[4], None).await.unwrap(), "stale size refused");
     let got = md.get_upload("u1").await.unwrap().unwrap();
-    assert_eq!((got.size, got.hash_state), (10, vec![3]));
+    assert_eq!((got.size, got.hash_state, got.storage_state.as_deref()), (10, vec![3], Some("parts")));
     assert_eq!(md.stale_uploads(now_millis() + 1, 10).await.unwrap().len(), 1);
     assert!(md.delete_upload("u1").await.unwrap());
     assert_eq!(md.get_upload("u1").await.unwrap(), None);

@@ -250,6 +250,7 @@ impl Registry {
                 repository: repo.as_str().to_owned(),
                 size: 0,
                 hash_state: Sha256State::new().to_bytes(),
+                storage_state: None,
                 started_at: now,
                 updated_at: now,
             })
@@ -299,7 +300,7 @@ impl Registry {
         // a power loss a chunk may be gone, and the client restarts the upload.
         let out = self.ingest_upload(repo, id, size, state, body, limit, false).await?;
         let new_size = size + out.written;
-        if !self.inner.meta.advance_upload(&row.id, row.size, new_size as i64, &out.state.to_bytes()).await? {
+        if !self.inner.meta.advance_upload(&row.id, row.size, new_size as i64, &out.state.to_bytes(), None).await? {
             return Err(RegistryError::RangeInvalid { size });
         }
         Ok(UploadStatus { id: *id, size: new_size })
