@@ -25,21 +25,26 @@ pub(crate) struct Ingested {
     pub state: Sha256State,
     /// Bytes taken from the body.
     pub written: u64,
+    /// The storage driver's state of the data, when not committed.
+    pub storage_state: Option<String>,
 }
 
-/// Appends `body` to `path` at `offset`, continuing `state`. With `limit`, a
-/// body longer than `limit` bytes is an error. With `durable`, the data is on
-/// disk on return; otherwise it is with the operating system.
+/// Appends `body` to `path` at `offset`, continuing `state` (and the
+/// driver's `storage_state`). With `limit`, a body longer than `limit` bytes
+/// is an error. With `durable`, the data is committed on return; otherwise it
+/// is with the operating system, or left for the next writer.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn ingest(
     storage: &dyn StorageDriver,
     path: &StoragePath,
     offset: u64,
     state: Sha256State,
+    storage_state: Option<&str>,
     mut body: BodyStream,
     limit: Option<u64>,
     durable: bool,
 ) -> Result<Ingested> {
-    let mut writer = storage.writer(path, offset).await?;
+    let mut writer = storage.writer(path, offset, storage_state).await?;
     // Hashing and writing each take batches from their own queue, so neither
     // waits for the other, and the body is read meanwhile.
     let (hash_tx, mut hash_rx) = mpsc::channel::<Vec<Bytes>>(QUEUE);
@@ -102,20 +107,21 @@ pub(crate) async fn ingest(
             written += batch.iter().map(|b| b.len() as u64).sum::<u64>();
             writer.write(batch).await?;
         }
-        if durable {
+        let left = if durable {
             writer.commit().await?;
+            None
         } else {
-            writer.close().await?;
-        }
-        Ok::<_, RegistryError>(written)
+            writer.close().await?.state
+        };
+        Ok::<_, RegistryError>((written, left))
     };
 
     let (produced, hashed, written) = tokio::join!(producer, hasher, write);
-    let written = written?;
+    let (written, storage_state) = written?;
     let total = produced?;
     let state = hashed?;
     if total != written || state.len() != offset + written {
         return Err(RegistryError::Internal("body, hashed and stored lengths differ".into()));
     }
-    Ok(Ingested { state, written })
+    Ok(Ingested { state, written, storage_state })
 }

@@ -180,6 +180,12 @@ impl Registry {
         Ok(info)
     }
 
+    /// Where clients may fetch a blob from directly (a presigned object-store
+    /// URL), when the storage offers that.
+    pub fn blob_redirect_url(&self, digest: &Digest) -> Option<String> {
+        self.inner.storage.redirect_url(&layout::blob_data(digest))
+    }
+
     /// Streams a blob's bytes `[offset, offset+len)`; the caller has checked
     /// the range against [`Registry::stat_blob`].
     pub async fn read_blob(&self, digest: &Digest, offset: u64, len: u64) -> Result<BodyStream> {
@@ -298,9 +304,14 @@ impl Registry {
             .map_err(|_| RegistryError::BlobUploadInvalid("corrupt upload state".into()))?;
         // A chunk need not reach the disk: only the committed blob must. After
         // a power loss a chunk may be gone, and the client restarts the upload.
-        let out = self.ingest_upload(repo, id, size, state, body, limit, false).await?;
+        let out = self.ingest_upload(repo, id, size, state, row.storage_state.as_deref(), body, limit, false).await?;
         let new_size = size + out.written;
-        if !self.inner.meta.advance_upload(&row.id, row.size, new_size as i64, &out.state.to_bytes(), None).await? {
+        let advanced = self
+            .inner
+            .meta
+            .advance_upload(&row.id, row.size, new_size as i64, &out.state.to_bytes(), out.storage_state.as_deref())
+            .await?;
+        if !advanced {
             return Err(RegistryError::RangeInvalid { size });
         }
         Ok(UploadStatus { id: *id, size: new_size })
@@ -313,20 +324,22 @@ impl Registry {
         id: &Uuid,
         offset: u64,
         state: Sha256State,
+        storage_state: Option<&str>,
         body: BodyStream,
         limit: Option<u64>,
         durable: bool,
     ) -> Result<ingest::Ingested> {
         let path = layout::upload_data(repo, id);
-        let out = ingest::ingest(self.inner.storage.as_ref(), &path, offset, state, body, limit, durable)
-            .await
-            .map_err(|e| match e {
-                RegistryError::Storage(berth_storage::StorageError::InvalidOffset { .. })
-                | RegistryError::Storage(berth_storage::StorageError::NotFound(_)) => {
-                    RegistryError::BlobUploadInvalid("upload data is missing or shorter than recorded".into())
-                }
-                other => other,
-            })?;
+        let out =
+            ingest::ingest(self.inner.storage.as_ref(), &path, offset, state, storage_state, body, limit, durable)
+                .await
+                .map_err(|e| match e {
+                    RegistryError::Storage(berth_storage::StorageError::InvalidOffset { .. })
+                    | RegistryError::Storage(berth_storage::StorageError::NotFound(_)) => {
+                        RegistryError::BlobUploadInvalid("upload data is missing or shorter than recorded".into())
+                    }
+                    other => other,
+                })?;
         if let Some(l) = limit {
             if out.written != l {
                 return Err(RegistryError::SizeInvalid(format!("expected {l} bytes, got {}", out.written)));
@@ -357,7 +370,8 @@ impl Registry {
         match body {
             Some(body) if has_body => {
                 let limit = Self::chunk_limit(size, range, content_length)?;
-                let out = self.ingest_upload(repo, id, size, state, body, limit, true).await?;
+                let out =
+                    self.ingest_upload(repo, id, size, state, row.storage_state.as_deref(), body, limit, true).await?;
                 size += out.written;
                 state = out.state;
             }
@@ -365,26 +379,30 @@ impl Registry {
                 // Drops bytes a failed chunk may have left past the recorded
                 // size, creates the file of an empty upload, and puts the
                 // earlier chunks on disk before the blob is committed.
-                let w = self.inner.storage.writer(&path, size).await.map_err(|e| match e {
-                    berth_storage::StorageError::InvalidOffset { .. } | berth_storage::StorageError::NotFound(_) => {
-                        RegistryError::BlobUploadInvalid("upload data is missing or shorter than recorded".into())
-                    }
-                    other => other.into(),
-                })?;
+                let w = self.inner.storage.writer(&path, size, row.storage_state.as_deref()).await.map_err(
+                    |e| match e {
+                        berth_storage::StorageError::InvalidOffset { .. }
+                        | berth_storage::StorageError::NotFound(_) => {
+                            RegistryError::BlobUploadInvalid("upload data is missing or shorter than recorded".into())
+                        }
+                        other => other.into(),
+                    },
+                )?;
                 w.commit().await?;
             }
         }
+        // The data is committed whole at `path` now: nothing else to release.
         let actual = state.finish();
         if actual != *digest {
-            self.remove_upload(repo, id).await?;
+            self.remove_upload(repo, id, None).await?;
             return Err(RegistryError::DigestInvalid(format!("expected {digest}, content is {actual}")));
         }
         if let Err(e) = self.check_quota(repo, digest, size).await {
-            self.remove_upload(repo, id).await?;
+            self.remove_upload(repo, id, None).await?;
             return Err(e);
         }
         self.commit_blob(repo, &path, digest, size).await?;
-        self.remove_upload(repo, id).await?;
+        self.remove_upload(repo, id, None).await?;
         Ok(BlobInfo { size })
     }
 
@@ -415,8 +433,15 @@ impl Registry {
         Ok(())
     }
 
-    async fn remove_upload(&self, repo: &RepoName, id: &Uuid) -> Result<()> {
+    /// Forgets an upload and deletes its data; `storage_state` is the driver's
+    /// state of uncommitted data to release.
+    async fn remove_upload(&self, repo: &RepoName, id: &Uuid, storage_state: Option<&str>) -> Result<()> {
         self.inner.meta.delete_upload(&id.to_string()).await?;
+        if let Some(st) = storage_state {
+            if let Err(e) = self.inner.storage.abandon(&layout::upload_data(repo, id), st).await {
+                tracing::warn!(upload = %id, error = %e, "could not release the storage of an upload");
+            }
+        }
         ignore_missing(self.inner.storage.delete(&layout::upload_dir(repo, id)).await)?;
         Ok(())
     }
@@ -424,8 +449,8 @@ impl Registry {
     pub async fn cancel_upload(&self, repo: &RepoName, id: &Uuid) -> Result<()> {
         self.check_writable()?;
         let _lock = self.lock_upload(*id).await;
-        self.upload_row(repo, id).await?;
-        self.remove_upload(repo, id).await
+        let row = self.upload_row(repo, id).await?;
+        self.remove_upload(repo, id, row.storage_state.as_deref()).await
     }
 
     /// A whole blob in one request (`POST ...?digest=`).
@@ -440,7 +465,7 @@ impl Registry {
         let res = self.complete_upload(repo, &up.id, digest, None, content_length, Some(body)).await;
         if res.is_err() {
             // Best effort: the purge job removes what this misses.
-            let _ = self.remove_upload(repo, &up.id).await;
+            let _ = self.remove_upload(repo, &up.id, None).await;
         }
         res
     }
@@ -462,7 +487,7 @@ impl Registry {
                 if dry_run {
                     tracing::info!(upload = %id, repository = %repo, "would purge stale upload");
                 } else {
-                    self.remove_upload(&repo, &id).await?;
+                    self.remove_upload(&repo, &id, row.storage_state.as_deref()).await?;
                 }
                 purged += 1;
             }

@@ -56,24 +56,30 @@ pub async fn run_all(d: &dyn StorageDriver) {
     repos.sort();
     assert_eq!(repos, vec!["conformance"]);
 
-    // Writers append at an offset, discard bytes past it, and refuse gaps.
+    // Writers append at an offset, discard bytes past it, and refuse gaps;
+    // a closed writer's state lets the next one continue.
     let id = uuid::Uuid::new_v4();
     let up = layout::upload_data(&name, &id);
-    let mut w = d.writer(&up, 0).await.expect("writer at 0");
+    let mut w = d.writer(&up, 0, None).await.expect("writer at 0");
     w.write(vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def")]).await.expect("write");
     assert_eq!(w.commit().await.expect("commit"), 6);
-    let mut w = d.writer(&up, 6).await.expect("writer at 6");
+    assert_eq!(read_all(d, &up, 0, None).await, b"abcdef");
+    let mut w = d.writer(&up, 6, None).await.expect("writer at 6");
     w.write(vec![Bytes::from_static(b"ghi")]).await.expect("write");
     drop(w); // interrupted: never committed
-    let mut w = d.writer(&up, 6).await.expect("writer at 6 again");
+    let mut w = d.writer(&up, 6, None).await.expect("writer at 6 again");
     w.write(vec![Bytes::from_static(b"jk")]).await.expect("write");
-    assert_eq!(w.close().await.expect("close"), 8, "close reports the size");
-    assert_eq!(read_all(d, &up, 0, None).await, b"abcdefjk");
-    let mut w = d.writer(&up, 6).await.expect("writer resumes at 6");
+    let closed = w.close().await.expect("close");
+    assert_eq!(closed.size, 8, "close reports the size");
+    let mut w = d.writer(&up, 8, closed.state.as_deref()).await.expect("writer continues a closed one");
+    w.write(vec![Bytes::from_static(b"lm")]).await.expect("write");
+    assert_eq!(w.commit().await.expect("commit"), 10);
+    assert_eq!(read_all(d, &up, 0, None).await, b"abcdefjklm");
+    let mut w = d.writer(&up, 6, None).await.expect("writer resumes at 6");
     w.write(vec![Bytes::from_static(b"XY")]).await.expect("write");
     assert_eq!(w.commit().await.expect("commit"), 8);
     assert_eq!(read_all(d, &up, 0, None).await, b"abcdefXY");
-    assert!(matches!(d.writer(&up, 100).await, Err(StorageError::InvalidOffset { .. })), "writer past end");
+    assert!(matches!(d.writer(&up, 100, None).await, Err(StorageError::InvalidOffset { .. })), "writer past end");
 
     // Rename moves atomically and replaces the target.
     let target = layout::blob_data(&Digest::of_bytes(b"abcdefXY"));
@@ -83,16 +89,56 @@ pub async fn run_all(d: &dyn StorageDriver) {
     assert_eq!(&d.get_content(&target).await.expect("target")[..], b"abcdefXY");
     assert!(d.rename(&up, &target).await.unwrap_err().is_not_found(), "rename of missing file");
 
-    // Large writes in many chunks read back identically.
-    let big: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i| (i * 7 % 251) as u8).collect();
+    // Large writes in many chunks read back identically, also when written
+    // by several writers in turn, each continuing from the last one's state
+    // (as chunks of one upload arrive), and when the last writer starts
+    // again from an earlier offset (a retried chunk).
+    let big: Vec<u8> = (0..13 * 1024 * 1024 + 17).map(|i| (i * 7 % 251) as u8).collect();
     let bp = layout::upload_data(&name, &uuid::Uuid::new_v4());
-    let mut w = d.writer(&bp, 0).await.expect("big writer");
-    for c in big.chunks(100_000) {
+    let mut w = d.writer(&bp, 0, None).await.expect("big writer");
+    for c in big[..3 * 1024 * 1024].chunks(100_000) {
         w.write(vec![Bytes::copy_from_slice(c)]).await.expect("big write");
     }
-    assert_eq!(w.commit().await.expect("big commit"), big.len() as u64);
-    assert_eq!(read_all(d, &bp, 0, None).await, big);
+    assert_eq!(w.commit().await.expect("big commit"), 3 * 1024 * 1024);
     assert_eq!(read_all(d, &bp, 1_000_000, Some(2_000_000)).await, &big[1_000_000..3_000_000]);
+    let bp = layout::upload_data(&name, &uuid::Uuid::new_v4());
+    let cuts = [0, 1_500_000, 7_000_000, 11_000_000, big.len()];
+    let mut state: Option<String> = None;
+    for win in cuts.windows(2) {
+        let mut w = d.writer(&bp, win[0] as u64, state.as_deref()).await.expect("chunk writer");
+        for c in big[win[0]..win[1]].chunks(300_000) {
+            w.write(vec![Bytes::copy_from_slice(c)]).await.expect("chunk write");
+        }
+        if win[1] == big.len() {
+            // An interrupted last chunk, then its retry.
+            drop(w);
+            let mut w = d.writer(&bp, win[0] as u64, state.as_deref()).await.expect("retry writer");
+            w.write(vec![Bytes::copy_from_slice(&big[win[0]..])]).await.expect("retry write");
+            assert_eq!(w.commit().await.expect("chunked commit"), big.len() as u64);
+        } else {
+            let closed = w.close().await.expect("chunk close");
+            assert_eq!(closed.size, win[1] as u64);
+            state = closed.state;
+        }
+    }
+    assert_eq!(d.stat(&bp).await.expect("stat chunked").size, big.len() as u64);
+    assert!(read_all(d, &bp, 0, None).await == big, "chunked upload reads back identically");
+    assert!(
+        read_all(d, &bp, 6_000_000, Some(5_000_000)).await == big[6_000_000..11_000_000],
+        "ranged read across parts"
+    );
+    // Given-up data is released.
+    let gp = layout::upload_data(&name, &uuid::Uuid::new_v4());
+    let mut w = d.writer(&gp, 0, None).await.expect("writer");
+    w.write(vec![Bytes::copy_from_slice(&big[..6 * 1024 * 1024])]).await.expect("write");
+    let closed = w.close().await.expect("close");
+    if let Some(st) = &closed.state {
+        d.abandon(&gp, st).await.expect("abandon");
+    }
+    match d.delete(&gp).await {
+        Err(e) if !e.is_not_found() => panic!("delete of abandoned data: {e}"),
+        _ => {}
+    }
 
     // Recursive delete of a directory.
     d.delete(&layout::repo_root(&name)).await.expect("delete repo dir");

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream;
 
-use crate::{ByteStream, FileInfo, Result, StorageDriver, StorageError, StoragePath, StorageWriter};
+use crate::{ByteStream, FileInfo, Result, StorageDriver, StorageError, StoragePath, StorageWriter, Written};
 
 /// Bytes read at a time when streaming a file out (measured: larger reads
 /// beat memory-mapped windows here, whose page-table work costs more than
@@ -171,7 +171,7 @@ impl StorageDriver for FsDriver {
         Ok(read_stream(file, start, remaining, path.clone()))
     }
 
-    async fn writer(&self, path: &StoragePath, offset: u64) -> Result<Box<dyn StorageWriter>> {
+    async fn writer(&self, path: &StoragePath, offset: u64, _state: Option<&str>) -> Result<Box<dyn StorageWriter>> {
         let full = self.full(path);
         let p = path.clone();
         let file = blocking(move || {
@@ -429,7 +429,7 @@ impl StorageWriter for FsWriter {
         blocking(move || file.sync_data().map_err(|e| StorageError::io(&p, e))).await?;
         Ok(size)
     }
-    async fn close(mut self: Box<Self>) -> Result<u64> {
+    async fn close(mut self: Box<Self>) -> Result<Written> {
         // A background sync still running finishes on its own.
         self.syncing.take();
         let file = self.file.take().ok_or_else(|| StorageError::Other("writer already failed".into()))?;
@@ -438,7 +438,7 @@ impl StorageWriter for FsWriter {
         if self.size - self.synced >= CLOSE_SYNC_MIN {
             drop(tokio::task::spawn_blocking(move || file.sync_data()));
         }
-        Ok(self.size)
+        Ok(Written { size: self.size, state: None })
     }
 }
 

@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod fs;
 pub mod layout;
 pub mod memory;
+pub mod s3;
 
 pub use layout::StoragePath;
 
@@ -82,7 +83,20 @@ pub trait StorageDriver: Send + Sync + 'static {
     /// Opens `path` for appending at `offset`. Bytes past `offset` left by an
     /// interrupted earlier write are discarded; a file shorter than `offset`
     /// is an error ([`StorageError::InvalidOffset`]). `offset` 0 creates the file.
-    async fn writer(&self, path: &StoragePath, offset: u64) -> Result<Box<dyn StorageWriter>>;
+    /// `state` is what [`StorageWriter::close`] returned for the data so far
+    /// (None: the file at `path` holds it).
+    async fn writer(&self, path: &StoragePath, offset: u64, state: Option<&str>) -> Result<Box<dyn StorageWriter>>;
+
+    /// Releases what the driver keeps for unfinished data given up (an S3
+    /// multipart upload) that deleting its directory does not remove.
+    async fn abandon(&self, _path: &StoragePath, _state: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// A URL clients may fetch the file from directly, for a redirect.
+    fn redirect_url(&self, _path: &StoragePath) -> Option<String> {
+        None
+    }
 
     /// Names of the direct children of a directory.
     async fn list(&self, path: &StoragePath) -> Result<Vec<String>>;
@@ -108,14 +122,25 @@ pub trait StorageDriver: Send + Sync + 'static {
     async fn rename(&self, from: &StoragePath, to: &StoragePath) -> Result<()>;
 }
 
+/// What [`StorageWriter::close`] leaves for the next writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The file's total size.
+    pub size: u64,
+    /// Driver state to pass to the next [`StorageDriver::writer`] on this
+    /// path; None when the file at the path holds the data.
+    pub state: Option<String>,
+}
+
 /// An open append handle. Nothing written is guaranteed durable until
 /// [`StorageWriter::commit`] returns.
 #[async_trait]
 pub trait StorageWriter: Send {
     async fn write(&mut self, chunks: Vec<Bytes>) -> Result<()>;
-    /// Flushes durably and returns the file's total size.
+    /// Flushes durably, makes the file at the path whole and returns its size.
     async fn commit(self: Box<Self>) -> Result<u64>;
     /// Closes without waiting for the disk: the data survives a process crash
-    /// but not necessarily a power loss. Returns the file's total size.
-    async fn close(self: Box<Self>) -> Result<u64>;
+    /// but not necessarily a power loss. A later writer continues it given
+    /// the returned state; only a commit makes the file at the path whole.
+    async fn close(self: Box<Self>) -> Result<Written>;
 }

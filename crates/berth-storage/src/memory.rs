@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream;
 
-use crate::{ByteStream, FileInfo, Result, StorageDriver, StorageError, StoragePath, StorageWriter};
+use crate::{ByteStream, FileInfo, Result, StorageDriver, StorageError, StoragePath, StorageWriter, Written};
 
 #[derive(Debug, Clone, Default)]
 pub struct MemoryDriver {
@@ -80,7 +80,7 @@ impl StorageDriver for MemoryDriver {
         Ok(Box::pin(stream::iter((!chunk.is_empty()).then_some(Ok(chunk)))))
     }
 
-    async fn writer(&self, path: &StoragePath, offset: u64) -> Result<Box<dyn StorageWriter>> {
+    async fn writer(&self, path: &StoragePath, offset: u64, _state: Option<&str>) -> Result<Box<dyn StorageWriter>> {
         let existing = match self.lock().get(path.as_str()) {
             Some((b, _)) => b.clone(),
             None if offset == 0 => Bytes::new(),
@@ -145,8 +145,8 @@ impl StorageWriter for MemoryWriter {
         Ok(self.buf.len() as u64)
     }
 
-    async fn close(self: Box<Self>) -> Result<u64> {
-        Ok(self.buf.len() as u64)
+    async fn close(self: Box<Self>) -> Result<Written> {
+        Ok(Written { size: self.buf.len() as u64, state: None })
     }
 }
 

@@ -11,6 +11,7 @@ use berth_registry::import::{self, ImportProgress};
 use berth_registry::{Registry, RegistryConfig};
 use berth_storage::fs::FsDriver;
 use berth_storage::memory::MemoryDriver;
+use berth_storage::s3::S3Driver;
 use berth_storage::StorageDriver;
 use berth_types::RepoName;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +60,20 @@ fn db_path(cfg: &Config) -> Option<PathBuf> {
 }
 
 fn describe_storage(cfg: &Config) -> (String, String) {
-    let storage = if cfg.storage.inmemory.is_some() {
+    let object_store =
+        cfg.storage.s3.as_ref().map(|s| ("s3", s.bucket.clone(), s.regionendpoint.clone(), s.rootdirectory.clone()));
+    let object_store = object_store.or_else(|| {
+        cfg.storage.oss.as_ref().map(|s| ("oss", s.bucket.clone(), s.endpoint.clone(), s.rootdirectory.clone()))
+    });
+    let storage = if let Some((kind, bucket, endpoint, root)) = object_store {
+        format!(
+            "{kind} bucket {} at {}{}{}",
+            bucket.unwrap_or_default(),
+            endpoint.unwrap_or_default(),
+            root.map(|r| format!(", under {r}")).unwrap_or_default(),
+            if cfg.storage.redirect.disable { "" } else { ", blob reads redirected" }
+        )
+    } else if cfg.storage.inmemory.is_some() {
         "inmemory (lost at exit)".to_owned()
     } else {
         format!("filesystem at {}", fs_root(cfg).display())
@@ -76,16 +90,26 @@ pub(crate) struct Built {
     _scratch: Option<tempfile::TempDir>,
 }
 
-/// The lock a server holds on its store for its whole life, so that a second
-/// server, or an offline maintenance command, does not open the same embedded
-/// database beside it. Ok(None) when the store has no directory (in memory).
+/// The lock a server holds on its embedded database for its whole life, so
+/// that a second server, or an offline maintenance command, does not open it
+/// beside it: `_berth/serve.lock` in a filesystem store, `<database>.lock`
+/// beside the SQLite file of an object store. Ok(None) when there is nothing
+/// to lock (in memory).
 pub(crate) fn lock_store(cfg: &Config) -> Result<Option<Result<std::fs::File, ()>>> {
     if cfg.storage.inmemory.is_some() {
         return Ok(None);
     }
-    let dir = fs_root(cfg).join("_berth");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("serve.lock");
+    let path = if cfg.storage.s3.is_some() || cfg.storage.oss.is_some() {
+        match db_path(cfg) {
+            Some(db) => db.with_extension("lock"),
+            None => return Ok(None),
+        }
+    } else {
+        fs_root(cfg).join("_berth").join("serve.lock")
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -100,7 +124,13 @@ pub(crate) fn lock_store(cfg: &Config) -> Result<Option<Result<std::fs::File, ()
 }
 
 pub(crate) async fn build(cfg: &Config, mode: Mode) -> Result<Built> {
-    let (storage, scratch): (Arc<dyn StorageDriver>, _) = if cfg.storage.inmemory.is_some() {
+    let object_store = cfg.object_store(&|k| std::env::var(k).ok())?;
+    let (storage, scratch): (Arc<dyn StorageDriver>, _) = if let Some(s3) = object_store {
+        let (bucket, endpoint) = (s3.bucket.clone(), s3.endpoint.clone());
+        let d = S3Driver::new(s3).context("configuring the S3 driver")?;
+        d.check().await.with_context(|| format!("reaching bucket {bucket} at {endpoint}"))?;
+        (Arc::new(d), None)
+    } else if cfg.storage.inmemory.is_some() {
         (Arc::new(MemoryDriver::new()), None)
     } else {
         let root = fs_root(cfg);

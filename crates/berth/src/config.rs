@@ -11,6 +11,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Deserializer};
 use serde_yaml_ng::{Mapping, Value};
 
+mod s3;
+pub use s3::{OssSection, S3Section};
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -143,9 +146,12 @@ pub struct StorageConfig {
     #[serde(default)]
     pub inmemory: Option<serde_json::Value>,
     #[serde(default)]
+    pub s3: Option<S3Section>,
+    #[serde(default)]
+    pub oss: Option<OssSection>,
+    #[serde(default)]
     pub delete: EnabledFlag,
     #[serde(default)]
-    #[allow(dead_code)] // accepted for compatibility
     pub redirect: RedirectConfig,
     /// A cache of blob descriptors in distribution; Berth's metadata index
     /// plays that part, so any setting is accepted and has no effect.
@@ -178,9 +184,9 @@ pub struct EnabledFlag {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectConfig {
-    /// The filesystem driver never redirects, so this only matters for object stores.
+    /// Object stores answer blob GETs with a redirect to a presigned URL
+    /// unless this is set; the filesystem driver never redirects.
     #[serde(default)]
-    #[allow(dead_code)] // accepted for compatibility
     pub disable: bool,
 }
 
@@ -346,8 +352,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("health", "configurable health checks are not supported yet"),
     ("validation", "manifest URL validation settings are not supported yet"),
     ("log.hooks", "log hooks are not supported"),
-    ("storage.s3", "the S3 storage driver is not supported yet"),
-    ("storage.oss", "the OSS storage driver is not supported yet"),
     ("storage.gcs", "the GCS storage driver is not supported"),
     ("storage.azure", "the Azure storage driver is not supported"),
     ("storage.swift", "the Swift storage driver is not supported"),
@@ -413,6 +417,17 @@ fn ensure_mapping<'v>(root: &'v mut Value, path: &[String]) -> Result<&'v mut Ma
 }
 
 impl Config {
+    /// The S3 driver's configuration when `storage.s3` or `storage.oss` is
+    /// chosen. `env` supplies credentials missing from the file.
+    pub fn object_store(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<berth_storage::s3::S3Config>> {
+        let redirect = !self.storage.redirect.disable;
+        match (&self.storage.s3, &self.storage.oss) {
+            (Some(s3), _) => s3.driver_config(redirect, env).map(Some),
+            (None, Some(oss)) => oss.driver_config(redirect, env).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// Loads the file (if any), applies environment overrides and validates.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
         let mut root = match path {
@@ -455,9 +470,21 @@ impl Config {
                 bail!("version: only configuration version 0.1 is supported, not {v:?}");
             }
         }
-        if self.storage.filesystem.is_some() && self.storage.inmemory.is_some() {
-            bail!("storage: configure one driver, not both filesystem and inmemory");
+        let s = &self.storage;
+        let drivers: Vec<&str> = [
+            ("filesystem", s.filesystem.is_some()),
+            ("inmemory", s.inmemory.is_some()),
+            ("s3", s.s3.is_some()),
+            ("oss", s.oss.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect();
+        if drivers.len() > 1 {
+            bail!("storage: configure one driver, not {}", drivers.join(" and "));
         }
+        // Credentials may come from the environment when serving: checked then.
+        self.object_store(&|k| Some(format!("<{k}>")))?;
         if self.compatibility.schema1.enabled {
             bail!("compatibility.schema1.enabled: schema 1 manifests are not supported");
         }
@@ -701,7 +728,27 @@ compatibility:
         assert!(c.storage.filesystem.is_none());
         assert!(c.storage.inmemory.is_some());
         let e = load("", &[("REGISTRY_STORAGE", "s3"), ("REGISTRY_STORAGE_S3_BUCKET", "b")]).unwrap_err();
-        assert!(e.to_string().starts_with("storage.s3:"), "{e}");
+        assert!(e.to_string().starts_with("storage.s3.region:"), "{e}");
+        let c = load(
+            "storage:\n  filesystem:\n    rootdirectory: /a\n",
+            &[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_BUCKET", "b"),
+                ("REGISTRY_STORAGE_S3_REGION", "garage"),
+                ("REGISTRY_STORAGE_S3_REGIONENDPOINT", "http://127.0.0.1:3900"),
+                ("REGISTRY_STORAGE_S3_ACCESSKEY", "AK"),
+                ("REGISTRY_STORAGE_S3_SECRETKEY", "SK"),
+                ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
+                ("REGISTRY_STORAGE_S3_CHUNKSIZE", "5242880"),
+                ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
+            ],
+        )
+        .unwrap();
+        let s3 = c.object_store(&|_| None).unwrap().expect("s3 selected");
+        assert!(c.storage.filesystem.is_none());
+        assert_eq!((s3.bucket.as_str(), s3.path_style, s3.chunk_size, s3.redirect), ("b", true, 5 << 20, None));
+        let e = load("storage:\n  s3: {}\n  filesystem: {}\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("not filesystem and s3"), "{e}");
     }
 
     #[test]
@@ -711,7 +758,9 @@ compatibility:
             ("auth:\n  silly:\n    realm: x\n", "auth.silly"),
             ("auth:\n  issuer:\n    key: /k.pem\n", "auth.issuer"),
             ("http:\n  tls:\n    certificate: /x\n", "http.tls:"),
-            ("storage:\n  s3:\n    bucket: b\n", "storage.s3:"),
+            ("storage:\n  s3:\n    bucket: b\n", "storage.s3.region:"),
+            ("storage:\n  s3:\n    chunksize: lots\n", "storage.s3.chunksize"),
+            ("storage:\n  oss:\n    bucket: b\n", "storage.oss.region:"),
             ("notifications:\n  endpoints: []\n", "notifications:"),
             ("http:\n  adr: :5000\n", "http.adr"),
             ("storage:\n  filesystem:\n    rootdir: /x\n", "storage.filesystem.rootdir"),

@@ -1,0 +1,357 @@
+//! `storage.s3` (distribution's keys) and `storage.oss` (Alibaba OSS through
+//! its S3-compatible API), both turned into one [`S3Config`] for the driver.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use berth_storage::s3::{S3Config, MIN_CHUNK_SIZE};
+use serde::{Deserialize, Deserializer};
+
+/// How long a presigned blob URL stays valid (distribution: 20 minutes).
+const REDIRECT_TTL: Duration = Duration::from_secs(20 * 60);
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    #[serde(default)]
+    pub accesskey: Option<String>,
+    #[serde(default)]
+    pub secretkey: Option<String>,
+    #[serde(default)]
+    pub sessiontoken: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub regionendpoint: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    pub forcepathstyle: Option<bool>,
+    #[serde(default)]
+    pub bucket: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    pub encrypt: Option<bool>,
+    #[serde(default)]
+    pub keyid: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    pub secure: Option<bool>,
+    #[serde(default, deserialize_with = "flag")]
+    pub skipverify: Option<bool>,
+    #[serde(default, deserialize_with = "flag")]
+    pub v4auth: Option<bool>,
+    #[serde(default, deserialize_with = "size")]
+    pub chunksize: Option<u64>,
+    #[serde(default, deserialize_with = "size")]
+    pub multipartcopychunksize: Option<u64>,
+    #[serde(default, deserialize_with = "size")]
+    pub multipartcopymaxconcurrency: Option<u64>,
+    #[serde(default, deserialize_with = "size")]
+    pub multipartcopythresholdsize: Option<u64>,
+    #[serde(default)]
+    pub rootdirectory: Option<String>,
+    #[serde(default)]
+    pub storageclass: Option<String>,
+    #[serde(default)]
+    pub objectacl: Option<String>,
+    #[serde(default)]
+    pub useragent: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    pub usedualstack: Option<bool>,
+    #[serde(default, deserialize_with = "flag")]
+    pub accelerate: Option<bool>,
+    /// The AWS SDK's log level in distribution; Berth logs through its own.
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility
+    pub loglevel: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OssSection {
+    #[serde(default)]
+    pub accesskeyid: Option<String>,
+    #[serde(default)]
+    pub accesskeysecret: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    pub internal: Option<bool>,
+    #[serde(default)]
+    pub bucket: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    pub encrypt: Option<bool>,
+    #[serde(default)]
+    pub encryptionkeyid: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    pub secure: Option<bool>,
+    #[serde(default, deserialize_with = "size")]
+    pub chunksize: Option<u64>,
+    #[serde(default)]
+    pub rootdirectory: Option<String>,
+}
+
+/// A boolean, also written as text ("true"), as environment values are.
+fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Str(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Bool(b)) => Ok(Some(b)),
+        Some(Raw::Str(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "1" => Ok(Some(true)),
+            "false" | "no" | "0" => Ok(Some(false)),
+            _ => Err(serde::de::Error::custom(format!("expected true or false, not {s:?}"))),
+        },
+    }
+}
+
+/// A byte count, also written as text ("10485760").
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(u64),
+        Str(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Num(n)) => Ok(Some(n)),
+        Some(Raw::Str(s)) => {
+            s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom(format!("expected a number, not {s:?}")))
+        }
+    }
+}
+
+/// `host[:port]` or a URL; without a scheme, `secure` chooses it.
+fn endpoint_url(key: &str, endpoint: &str, secure: bool) -> Result<String> {
+    let e = endpoint.trim().trim_end_matches('/');
+    if e.is_empty() {
+        bail!("{key}: empty endpoint");
+    }
+    let url = if e.contains("://") { e.to_owned() } else { format!("{}://{e}", if secure { "https" } else { "http" }) };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("{key}: {endpoint:?} is not an http or https endpoint");
+    }
+    Ok(url)
+}
+
+fn root_prefix(root: Option<&str>) -> String {
+    root.unwrap_or_default().trim_matches('/').to_owned()
+}
+
+fn env_or(v: Option<&String>, var: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    v.cloned().filter(|s| !s.is_empty()).or_else(|| env(var).filter(|s| !s.is_empty()))
+}
+
+fn user_agent(custom: Option<&str>) -> String {
+    custom.map(str::to_owned).unwrap_or_else(|| format!("berth/{}", env!("CARGO_PKG_VERSION")))
+}
+
+impl S3Section {
+    /// The driver configuration; `env` supplies the AWS_* credentials when
+    /// the keys are not in the file.
+    pub fn driver_config(&self, redirect: bool, env: &dyn Fn(&str) -> Option<String>) -> Result<S3Config> {
+        let Some(bucket) = self.bucket.clone().filter(|b| !b.is_empty()) else {
+            bail!("storage.s3.bucket: a bucket is required");
+        };
+        let Some(region) = self.region.clone().filter(|r| !r.is_empty()) else {
+            bail!("storage.s3.region: a region is required (for Garage: its s3_region)");
+        };
+        if self.accelerate == Some(true) || self.usedualstack == Some(true) {
+            bail!("storage.s3: accelerate and usedualstack endpoints are not derived: set regionendpoint to the endpoint to use");
+        }
+        let Some(endpoint) = self.regionendpoint.as_deref() else {
+            bail!("storage.s3.regionendpoint: the endpoint URL is required (e.g. http://127.0.0.1:3900 for a local Garage)");
+        };
+        let secure = self.secure.unwrap_or(true);
+        let endpoint = endpoint_url("storage.s3.regionendpoint", endpoint, secure)?;
+        if self.v4auth == Some(false) {
+            tracing::warn!("storage.s3.v4auth: false is ignored: requests are signed with Signature Version 4");
+        }
+        let access_key = env_or(self.accesskey.as_ref(), "AWS_ACCESS_KEY_ID", env);
+        let secret_key = env_or(self.secretkey.as_ref(), "AWS_SECRET_ACCESS_KEY", env);
+        let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
+            bail!("storage.s3: accesskey and secretkey are required (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)");
+        };
+        let chunk_size = self.chunksize.unwrap_or(10 << 20);
+        if chunk_size < MIN_CHUNK_SIZE as u64 || chunk_size > 5 << 30 {
+            bail!("storage.s3.chunksize: {chunk_size} is outside {MIN_CHUNK_SIZE}..=5GiB (S3's part sizes)");
+        }
+        let copy_chunk = self.multipartcopychunksize.unwrap_or(32 << 20);
+        if copy_chunk < MIN_CHUNK_SIZE as u64 || copy_chunk > 5 << 30 {
+            bail!("storage.s3.multipartcopychunksize: {copy_chunk} is outside {MIN_CHUNK_SIZE}..=5GiB");
+        }
+        let copy_threshold = self.multipartcopythresholdsize.unwrap_or(32 << 20).min(5 << 30);
+        let copy_concurrency = self.multipartcopymaxconcurrency.unwrap_or(100).clamp(1, 1000) as usize;
+        let storage_class = match self.storageclass.as_deref() {
+            None => Some("STANDARD".to_owned()),
+            Some(c) if c.eq_ignore_ascii_case("none") => None,
+            Some(c) => Some(c.to_owned()),
+        };
+        let mut extra_headers = Vec::new();
+        if let Some(acl) = self.objectacl.as_deref().filter(|a| !a.is_empty() && *a != "private") {
+            extra_headers.push(("x-amz-acl".to_owned(), acl.to_owned()));
+        }
+        Ok(S3Config {
+            endpoint,
+            region,
+            bucket,
+            access_key,
+            secret_key,
+            session_token: env_or(self.sessiontoken.as_ref(), "AWS_SESSION_TOKEN", env),
+            root: root_prefix(self.rootdirectory.as_deref()),
+            path_style: self.forcepathstyle.unwrap_or(false),
+            skip_verify: self.skipverify.unwrap_or(false),
+            chunk_size: chunk_size as usize,
+            copy_threshold,
+            copy_chunk_size: copy_chunk,
+            copy_concurrency,
+            storage_class,
+            encrypt: self.encrypt.unwrap_or(false).then(|| self.keyid.clone().filter(|k| !k.is_empty())),
+            extra_headers,
+            redirect: redirect.then_some(REDIRECT_TTL),
+            user_agent: user_agent(self.useragent.as_deref()),
+        })
+    }
+}
+
+impl OssSection {
+    /// OSS through its S3-compatible API: virtual-hosted bucket addressing
+    /// at `endpoint`, server-side encryption as S3 asks for it.
+    pub fn driver_config(&self, redirect: bool, env: &dyn Fn(&str) -> Option<String>) -> Result<S3Config> {
+        let Some(bucket) = self.bucket.clone().filter(|b| !b.is_empty()) else {
+            bail!("storage.oss.bucket: a bucket is required");
+        };
+        let Some(region) = self.region.clone().filter(|r| !r.is_empty()) else {
+            bail!("storage.oss.region: a region is required");
+        };
+        let Some(endpoint) = self.endpoint.as_deref() else {
+            bail!("storage.oss.endpoint: the OSS endpoint (its S3-compatible host) is required");
+        };
+        if self.internal == Some(true) {
+            tracing::info!("storage.oss.internal: the endpoint given is used as it is");
+        }
+        let endpoint = endpoint_url("storage.oss.endpoint", endpoint, self.secure.unwrap_or(true))?;
+        let access_key = env_or(self.accesskeyid.as_ref(), "OSS_ACCESS_KEY_ID", env);
+        let secret_key = env_or(self.accesskeysecret.as_ref(), "OSS_ACCESS_KEY_SECRET", env);
+        let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
+            bail!("storage.oss: accesskeyid and accesskeysecret are required");
+        };
+        let chunk_size = self.chunksize.unwrap_or(10 << 20);
+        if chunk_size < MIN_CHUNK_SIZE as u64 || chunk_size > 5 << 30 {
+            bail!("storage.oss.chunksize: {chunk_size} is outside {MIN_CHUNK_SIZE}..=5GiB");
+        }
+        Ok(S3Config {
+            endpoint,
+            region,
+            bucket,
+            access_key,
+            secret_key,
+            session_token: None,
+            root: root_prefix(self.rootdirectory.as_deref()),
+            path_style: false,
+            skip_verify: false,
+            chunk_size: chunk_size as usize,
+            copy_threshold: 32 << 20,
+            copy_chunk_size: 32 << 20,
+            copy_concurrency: 16,
+            storage_class: None,
+            encrypt: self.encrypt.unwrap_or(false).then(|| self.encryptionkeyid.clone().filter(|k| !k.is_empty())),
+            extra_headers: Vec::new(),
+            redirect: redirect.then_some(REDIRECT_TTL),
+            user_agent: user_agent(None),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn section(yaml: &str) -> S3Section {
+        serde_yaml_ng::from_str(yaml).expect("valid section")
+    }
+
+    #[test]
+    fn distribution_keys_map_onto_the_driver() {
+        let s = section(
+            "accesskey: AK\nsecretkey: SK\nregion: garage\nregionendpoint: http://127.0.0.1:3900\n\
+             forcepathstyle: true\nbucket: reg\nrootdirectory: /base/dir/\nsecure: false\nv4auth: true\n\
+             chunksize: '6291456'\nmultipartcopythresholdsize: 67108864\nstorageclass: REDUCED_REDUNDANCY\n\
+             encrypt: 'true'\nkeyid: k1\nobjectacl: bucket-owner-full-control\nloglevel: debug\n",
+        );
+        let c = s.driver_config(true, &no_env).unwrap();
+        assert_eq!(
+            (c.endpoint.as_str(), c.region.as_str(), c.bucket.as_str()),
+            ("http://127.0.0.1:3900", "garage", "reg")
+        );
+        assert_eq!((c.root.as_str(), c.path_style, c.chunk_size), ("base/dir", true, 6 << 20));
+        assert_eq!((c.copy_threshold, c.storage_class.as_deref()), (64 << 20, Some("REDUCED_REDUNDANCY")));
+        assert_eq!(c.encrypt, Some(Some("k1".to_owned())));
+        assert_eq!(c.extra_headers, vec![("x-amz-acl".to_owned(), "bucket-owner-full-control".to_owned())]);
+        assert_eq!(c.redirect, Some(REDIRECT_TTL));
+        assert_eq!(s.driver_config(false, &no_env).unwrap().redirect, None);
+    }
+
+    #[test]
+    fn endpoint_scheme_follows_secure_and_credentials_come_from_the_environment() {
+        let s = section("region: r\nregionendpoint: 127.0.0.1:3900\nbucket: b\nstorageclass: NONE\n");
+        let env = |k: &str| match k {
+            "AWS_ACCESS_KEY_ID" => Some("AK".to_owned()),
+            "AWS_SECRET_ACCESS_KEY" => Some("SK".to_owned()),
+            _ => None,
+        };
+        let c = s.driver_config(false, &env).unwrap();
+        assert_eq!(
+            (c.endpoint.as_str(), c.access_key.as_str(), c.storage_class),
+            ("https://127.0.0.1:3900", "AK", None)
+        );
+        let e = s.driver_config(false, &no_env).unwrap_err().to_string();
+        assert!(e.contains("accesskey"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        let base = "accesskey: a\nsecretkey: s\nregion: r\nregionendpoint: http://127.0.0.1:1\nbucket: b\n";
+        for (extra, key) in [
+            ("chunksize: 1024\n", "storage.s3.chunksize"),
+            ("accelerate: true\n", "storage.s3:"),
+            ("multipartcopychunksize: 10\n", "storage.s3.multipartcopychunksize"),
+        ] {
+            let e = section(&format!("{base}{extra}")).driver_config(false, &no_env).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{extra}: {e}");
+        }
+        for (yaml, key) in [
+            ("region: r\nregionendpoint: http://x\n", "storage.s3.bucket"),
+            ("bucket: b\nregionendpoint: http://x\n", "storage.s3.region"),
+            ("bucket: b\nregion: r\n", "storage.s3.regionendpoint"),
+            ("bucket: b\nregion: r\nregionendpoint: ftp://x\n", "storage.s3.regionendpoint"),
+        ] {
+            let e = section(&format!("accesskey: a\nsecretkey: s\n{yaml}")).driver_config(false, &no_env).unwrap_err();
+            assert!(e.to_string().starts_with(key), "{yaml}: {e}");
+        }
+        assert!(serde_yaml_ng::from_str::<S3Section>("secure: maybe\n").is_err());
+    }
+
+    #[test]
+    fn oss_maps_onto_virtual_hosted_s3() {
+        let o: OssSection = serde_yaml_ng::from_str(
+            "accesskeyid: AK\naccesskeysecret: SK\nregion: oss-r\nendpoint: oss.internal.test\nbucket: b\n\
+             encrypt: true\nrootdirectory: /r\nchunksize: 5242880\n",
+        )
+        .unwrap();
+        let c = o.driver_config(true, &no_env).unwrap();
+        assert_eq!((c.endpoint.as_str(), c.path_style, c.root.as_str()), ("https://oss.internal.test", false, "r"));
+        assert_eq!((c.encrypt, c.chunk_size), (Some(None), 5 << 20));
+        let e = OssSection { endpoint: None, ..o }.driver_config(true, &no_env).unwrap_err();
+        assert!(e.to_string().starts_with("storage.oss.endpoint"), "{e}");
+    }
+}
