@@ -6,6 +6,8 @@
 #                    skopeo, podman, buildah, umoci, docker.io (dockerd 20.10
 #                    + containerd + runc), wrk, openssl (make-test-image.sh),
 #                    curl (health checks), python3-venv (only if needed)
+#   Garage:          scripts/garage.sh install (cargo install garage --locked,
+#                    unless a garage binary is present)
 #   Python venv:     ${BERTH_VENV:-<repo>/target/venv} with the PyPI "oras"
 #                    SDK (version ${BERTH_ORAS_VERSION:-0.2.43}; the test
 #                    script subclasses its Registry class, so keep it pinned)
@@ -103,6 +105,11 @@ else
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "oras==$oras_version"
 fi
 
+# --- Garage (S3-compatible object store) ------------------------------------
+# Built from crates.io once (about 20 minutes on 2 cores); a binary already
+# present is reused.
+"$repo/scripts/garage.sh" install
+
 # --- Summary ---------------------------------------------------------------
 say "versions:"
 {
@@ -114,5 +121,6 @@ say "versions:"
   echo "  dockerd:         $(dockerd --version 2>/dev/null | awk '{print $3}' | tr -d ,)"
   echo "  docker (Debian): $(/usr/bin/docker --version | awk '{print $3}' | tr -d ,)"
   echo "  oras (python):   $("$venv/bin/python" -c 'import oras.version as v; print(v.__version__)')"
+  echo "  garage:          $("$repo/scripts/garage.sh" install 2>&1 | sed 's/.*(//; s/)$//')"
 } || true
 say "BERTH_VENV=$venv"
