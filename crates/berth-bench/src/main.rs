@@ -16,6 +16,7 @@ use serde::Serialize;
 mod blobs;
 mod gc;
 mod load;
+mod s3;
 mod server;
 mod store;
 mod wrk;
@@ -37,7 +38,7 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
-    /// Only these sections (blobs, pushes, requests, images, blobs-tmpfs, startup, listing, gc).
+    /// Only these sections (blobs, pushes, requests, images, blobs-tmpfs, startup, listing, gc, s3).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Seconds of each wrk run.
@@ -202,6 +203,9 @@ fn main() -> Result<()> {
     }
     if env.wants(&args.only, "gc") {
         gc::gc(&env, &mut report)?;
+    }
+    if env.wants(&args.only, "s3") {
+        s3::s3(&env, &rt, &mut report)?;
     }
 
     let out = serde_json::json!({

@@ -39,29 +39,41 @@ pub fn free_port() -> Result<u16> {
 }
 
 pub fn config(kind: Kind, root: &Path, port: u16, delete: bool) -> String {
+    config_with_storage(kind, &format!("  filesystem:\n    rootdirectory: {}\n", root.display()), port, delete, "")
+}
+
+/// A configuration with `storage` as the driver's YAML (indented under
+/// `storage:`) and `extra` top-level YAML.
+pub fn config_with_storage(kind: Kind, storage: &str, port: u16, delete: bool, extra: &str) -> String {
     let level = match kind {
         Kind::Berth => "warn",
         Kind::Reference => "error",
     };
     format!(
-        "version: 0.1\nlog:\n  level: {level}\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: {delete}\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n",
-        root.display()
+        "version: 0.1\nlog:\n  level: {level}\n  accesslog:\n    disabled: true\nstorage:\n{storage}  delete:\n    enabled: {delete}\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}"
     )
 }
 
 impl Server {
     /// Starts a registry on `root` and waits (bounded) until `/v2/` answers.
     pub fn start(bins: &Binaries, kind: Kind, root: &Path, work: &Path) -> Result<Server> {
-        let port = free_port()?;
         std::fs::create_dir_all(root)?;
+        Self::start_with(bins, kind, work, |port| config(kind, root, port, true))
+    }
+
+    /// Starts a registry with the configuration `config(port)` gives.
+    pub fn start_with(bins: &Binaries, kind: Kind, work: &Path, config: impl Fn(u16) -> String) -> Result<Server> {
+        let port = free_port()?;
         let cfg = work.join(format!("{}-{port}.yml", kind.label().replace(' ', "-")));
-        std::fs::write(&cfg, config(kind, root, port, true))?;
+        std::fs::write(&cfg, config(port))?;
         let bin = match kind {
             Kind::Berth => &bins.berth,
             Kind::Reference => &bins.reference,
         };
         let started = Instant::now();
         let child = Command::new(bin)
+            // distribution's S3 SDK fails on a CA bundle it cannot use.
+            .env_remove("AWS_CA_BUNDLE")
             .arg("serve")
             .arg(&cfg)
             .stdin(Stdio::null())
