@@ -1,7 +1,8 @@
 //! A read cache in front of the database for the hot lookups (tag → manifest,
 //! manifest and blob presence, tag lists, the catalog). It is only enabled
 //! when this process is the database's only writer (embedded SQLite), so every
-//! change passes through [`Cache::invalidate`].
+//! change passes through [`Cache::invalidate`]. On PostgreSQL other instances
+//! write too, so it is disabled and every read goes to the database.
 //!
 //! Each repository has a generation, bumped by every write to it. A reader
 //! notes the generation before querying and stores its result only if the
@@ -63,6 +64,11 @@ pub(crate) enum Kind {
 impl Cache {
     pub fn new(enabled: bool) -> Self {
         Cache { enabled, inner: Mutex::new(Inner::default()) }
+    }
+
+    /// False when other processes write the database too (PostgreSQL).
+    pub fn enabled(&self) -> bool {
+        self.enabled
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -6,6 +6,12 @@
 //! Queries are written once with `$N` placeholders, which both SQLite and
 //! PostgreSQL accept, and run through sqlx's `Any` driver. SQLite writes go
 //! through a one-connection pool so writers never contend for the lock.
+//!
+//! On PostgreSQL several Berth instances write at once (READ COMMITTED), so
+//! transactions lock the rows whose state they check (`FOR KEY SHARE` to keep
+//! a row, `FOR UPDATE` to delete one, parents before children), and a delete
+//! rechecks its condition in the statement that deletes. The read cache is
+//! off there.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -13,7 +19,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use sqlx::{Any, AnyPool, Connection, Executor, Row, Transaction};
 
 mod cache;
 mod lifecycle;
@@ -115,7 +121,24 @@ pub enum PutManifestOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Sqlite,
+    Postgres,
 }
+
+/// A query with a row-locking clause on PostgreSQL; SQLite has no row locks
+/// and needs none, its writers being serialised.
+macro_rules! locking {
+    ($backend:expr, $sql:literal, $lock:literal) => {
+        match $backend {
+            Backend::Sqlite => $sql,
+            Backend::Postgres => concat!($sql, " ", $lock),
+        }
+    };
+}
+pub(crate) use locking;
+
+/// How many times a write retries when a concurrent delete removed the row
+/// it had just found (PostgreSQL only; SQLite writers are serialised).
+const RACE_RETRIES: usize = 5;
 
 #[derive(Clone)]
 pub struct Metadata {
@@ -159,6 +182,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_storage_state.sql")),
 ];
 
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_initial.sql")),
+    (2, include_str!("../migrations/postgres/0002_lifecycle.sql")),
+    (3, include_str!("../migrations/postgres/0003_storage_state.sql")),
+];
+
+/// The advisory lock instances take while migrating a shared PostgreSQL
+/// database, so that several starting at once apply each migration once.
+const MIGRATION_LOCK: i64 = 0x6265_7274_686d_6967; // "berthmig"
+
 impl Metadata {
     /// Opens (creating if needed) the embedded SQLite database at `path`.
     /// Returns the handle and whether the database was created just now.
@@ -180,46 +213,49 @@ impl Metadata {
             backend: Backend::Sqlite,
             cache: Arc::new(Cache::new(true)),
         };
-        md.migrate(SQLITE_MIGRATIONS).await?;
+        migrate(&mut *md.write.acquire().await?, SQLITE_MIGRATIONS).await?;
         let read = AnyPoolOptions::new().max_connections(8).after_connect(setup).connect_with(opts.clone()).await?;
         let uploads =
             AnyPoolOptions::new().max_connections(1).after_connect(sqlite_setup_relaxed).connect_with(opts).await?;
         Ok((Metadata { read, uploads, ..md }, created))
     }
 
-    async fn migrate(&self, migrations: &[(i64, &str)]) -> Result<()> {
-        let mut conn = self.write.acquire().await?;
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-        )
-        .await?;
-        for (version, sql) in migrations {
-            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
-                .bind(version)
-                .fetch_optional(&mut *conn)
-                .await?;
-            if done.is_some() {
-                continue;
-            }
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            tx.execute(*sql).await?;
-            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
-                .bind(version)
-                .bind(now_millis())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            tracing::info!(version, "applied metadata migration");
-        }
-        Ok(())
+    /// Opens a PostgreSQL database shared by any number of Berth instances,
+    /// applying missing migrations under an advisory lock. Returns the handle
+    /// and whether the schema was created just now. `url` is a libpq-style
+    /// URL (`postgres://user:password@host:5432/db`); it is never logged.
+    pub async fn open_postgres(url: &str, max_connections: u32) -> Result<(Self, bool)> {
+        sqlx::any::install_default_drivers();
+        let opts = AnyConnectOptions::from_str(url)?;
+        let created = {
+            // A connection of its own: if migrating fails, closing it releases the lock.
+            let mut conn = sqlx::AnyConnection::connect_with(&opts).await?;
+            sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut conn).await?;
+            let created = migrate(&mut conn, POSTGRES_MIGRATIONS).await?;
+            sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut conn).await?;
+            conn.close().await?;
+            created
+        };
+        let pool = AnyPoolOptions::new().max_connections(max_connections.max(1)).connect_with(opts).await?;
+        let md = Metadata {
+            read: pool.clone(),
+            uploads: pool.clone(),
+            write: pool,
+            backend: Backend::Postgres,
+            // Other instances write too: a cached read could be stale.
+            cache: Arc::new(Cache::new(false)),
+        };
+        Ok((md, created))
     }
 
     /// Starts a write transaction. SQLite takes the write lock at once
     /// (`BEGIN IMMEDIATE`): a deferred transaction that read first could not
     /// upgrade after the other writing connection committed (SQLITE_BUSY_SNAPSHOT).
+    /// PostgreSQL transactions are READ COMMITTED and lock the rows they rely on.
     async fn begin<'p>(&self, pool: &'p AnyPool) -> Result<Transaction<'p, Any>> {
         Ok(match self.backend {
             Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => pool.begin().await?,
         })
     }
 
@@ -251,19 +287,31 @@ impl Metadata {
 
     // ---- repositories ----
 
-    async fn ensure_repository(tx: &mut Transaction<'_, Any>, name: &str) -> Result<i64> {
-        sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(now_millis())
-            .execute(&mut **tx)
-            .await?;
-        Ok(sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1").bind(name).fetch_one(&mut **tx).await?)
+    /// The repository's id, creating it if needed. On PostgreSQL the row is
+    /// locked (`FOR KEY SHARE`) until the transaction ends, so a concurrent
+    /// repository deletion waits for what this transaction adds to it.
+    async fn ensure_repository(backend: Backend, tx: &mut Transaction<'_, Any>, name: &str) -> Result<i64> {
+        let select = locking!(backend, "SELECT id FROM repositories WHERE name = $1", "FOR KEY SHARE");
+        for _ in 0..RACE_RETRIES {
+            sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .bind(now_millis())
+                .execute(&mut **tx)
+                .await?;
+            // None only if a deletion committed between the two statements.
+            if let Some(id) = sqlx::query_scalar(select).bind(name).fetch_optional(&mut **tx).await? {
+                return Ok(id);
+            }
+        }
+        Err(MetadataError::Corrupt(format!("repository {name} keeps being deleted while written")))
     }
 
     /// Repositories that ever held a manifest, in name order, after `last`.
     pub async fn list_repositories(&self, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
         let all = match self.cache.catalog() {
             Some(all) => Some(all),
+            // Without a cache to keep it in, reading everything would be wasted.
+            None if !self.cache.enabled() => None,
             None => {
                 let token = self.cache.catalog_token();
                 let names: Vec<String> =
@@ -325,43 +373,46 @@ impl Metadata {
     /// Starts committing a blob. `Present` means the content is already in
     /// storage (and stays: its use time was just moved); `Write` means the
     /// caller must put the content in place, then call [`Metadata::finish_blob`].
+    ///
+    /// One statement, so claims race safely between instances: a present blob
+    /// keeps its state and has its use time moved; a new one is inserted, and
+    /// one still committing gets a new lease, both as `committing`. A claim
+    /// that meets a collection deleting the row waits for it, then inserts.
     pub async fn claim_blob(&self, digest: &str, size: i64) -> Result<BlobClaim> {
         let now = now_millis();
-        let mut tx = self.begin(&self.write).await?;
-        let touched = sqlx::query("UPDATE blobs SET last_used = $2 WHERE digest = $1 AND state = 0")
-            .bind(digest)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if touched == 1 {
-            tx.commit().await?;
-            return Ok(BlobClaim::Present);
-        }
-        sqlx::query(
+        let state: i64 = sqlx::query_scalar(
             "INSERT INTO blobs (digest, size, created_at, state, lease_until, last_used) VALUES ($1, $2, $3, 1, $4, $3) \
-             ON CONFLICT (digest) DO UPDATE SET state = 1, lease_until = excluded.lease_until, last_used = excluded.last_used",
+             ON CONFLICT (digest) DO UPDATE SET last_used = excluded.last_used, \
+               lease_until = CASE WHEN blobs.state = 0 THEN blobs.lease_until ELSE excluded.lease_until END \
+             RETURNING state",
         )
         .bind(digest)
         .bind(size)
         .bind(now)
         .bind(now + COMMIT_LEASE_MS)
-        .execute(&mut *tx)
+        .fetch_one(&self.write)
         .await?;
-        tx.commit().await?;
-        Ok(BlobClaim::Write)
+        Ok(if state == 0 { BlobClaim::Present } else { BlobClaim::Write })
     }
 
     /// Marks a claimed blob's content as in place and links it into `repo`.
+    /// Fails if collection took the row meanwhile (the commit outlived its
+    /// lease), as the content may have gone with it.
     pub async fn finish_blob(&self, repo: &str, digest: &str) -> Result<()> {
         let mut tx = self.begin(&self.write).await?;
-        let repo_id = Self::ensure_repository(&mut tx, repo).await?;
         let now = now_millis();
-        sqlx::query("UPDATE blobs SET state = 0, lease_until = 0, last_used = $2 WHERE digest = $1")
+        let found = sqlx::query("UPDATE blobs SET state = 0, lease_until = 0, last_used = $2 WHERE digest = $1")
             .bind(digest)
             .bind(now)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+        if found == 0 {
+            return Err(MetadataError::Corrupt(format!(
+                "blob {digest} was collected before its commit finished (lease ran out)"
+            )));
+        }
+        let repo_id = Self::ensure_repository(self.backend, &mut tx, repo).await?;
         Self::insert_link(&mut tx, repo_id, digest, now).await?;
         tx.commit().await?;
         self.cache.invalidate(repo);
@@ -381,7 +432,7 @@ impl Metadata {
             .rows_affected()
             == 1;
         if present {
-            let repo_id = Self::ensure_repository(&mut tx, repo).await?;
+            let repo_id = Self::ensure_repository(self.backend, &mut tx, repo).await?;
             Self::insert_link(&mut tx, repo_id, digest, now).await?;
         }
         tx.commit().await?;
@@ -479,42 +530,57 @@ impl Metadata {
     /// Records a manifest, its references and optionally a tag, in one
     /// transaction that first checks every referenced blob and child manifest
     /// is present in the repository.
+    ///
+    /// On PostgreSQL the checked rows stay locked against deletion until the
+    /// commit (`FOR KEY SHARE`, the weakest lock that blocks a DELETE, so
+    /// uploads moving a blob's use time do not wait): a collection batch that
+    /// locked a blob first deletes it and this sees it gone; one that comes
+    /// later skips it or finds it referenced. Blobs are locked in digest
+    /// order, the order collection locks them in.
     pub async fn put_manifest(&self, m: &NewManifest<'_>) -> Result<PutManifestOutcome> {
+        let mut checked_blobs: Vec<&str> = if m.trust_references { vec![] } else { m.blobs.clone() };
+        let mut checked_children: Vec<&str> = if m.trust_references { vec![] } else { m.children.clone() };
+        checked_blobs.sort_unstable();
+        checked_blobs.dedup();
+        checked_children.sort_unstable();
+        checked_children.dedup();
+        let blob_sql = locking!(
+            self.backend,
+            "SELECT 1 FROM blobs b WHERE b.digest = $2 \
+             AND (EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = $1 AND rb.digest = $2) \
+               OR EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = $1 AND m.digest = $2))",
+            "FOR KEY SHARE OF b"
+        );
+        let child_sql =
+            locking!(self.backend, "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2", "FOR KEY SHARE");
         let mut tx = self.begin(&self.write).await?;
-        let repo_id = Self::ensure_repository(&mut tx, m.repository).await?;
-        let checked_blobs: &[&str] = if m.trust_references { &[] } else { &m.blobs };
-        let checked_children: &[&str] = if m.trust_references { &[] } else { &m.children };
+        let repo_id = Self::ensure_repository(self.backend, &mut tx, m.repository).await?;
         for b in checked_blobs {
-            let found: Option<i64> = sqlx::query_scalar(
-                "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2 \
-                 UNION ALL SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2 LIMIT 1",
-            )
-            .bind(repo_id)
-            .bind(*b)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let found: Option<i64> =
+                sqlx::query_scalar(blob_sql).bind(repo_id).bind(b).fetch_optional(&mut *tx).await?;
             if found.is_none() {
-                return Ok(PutManifestOutcome::MissingBlob((*b).to_owned()));
+                return Ok(PutManifestOutcome::MissingBlob(b.to_owned()));
             }
         }
         for c in checked_children {
             let found: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2")
-                    .bind(repo_id)
-                    .bind(*c)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                sqlx::query_scalar(child_sql).bind(repo_id).bind(c).fetch_optional(&mut *tx).await?;
             if found.is_none() {
-                return Ok(PutManifestOutcome::MissingManifest((*c).to_owned()));
+                return Ok(PutManifestOutcome::MissingManifest(c.to_owned()));
             }
         }
-        Self::insert_manifest(&mut tx, repo_id, m).await?;
+        Self::insert_manifest(self.backend, &mut tx, repo_id, m).await?;
         tx.commit().await?;
         self.cache.invalidate(m.repository);
         Ok(PutManifestOutcome::Stored)
     }
 
-    async fn insert_manifest(tx: &mut Transaction<'_, Any>, repo_id: i64, m: &NewManifest<'_>) -> Result<()> {
+    async fn insert_manifest(
+        backend: Backend,
+        tx: &mut Transaction<'_, Any>,
+        repo_id: i64,
+        m: &NewManifest<'_>,
+    ) -> Result<()> {
         sqlx::query("UPDATE repositories SET listed = 1 WHERE id = $1 AND listed = 0")
             .bind(repo_id)
             .execute(&mut **tx)
@@ -530,22 +596,42 @@ impl Metadata {
         .bind(now)
         .execute(&mut **tx)
         .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (repository_id, digest) DO NOTHING",
-        )
-        .bind(repo_id)
-        .bind(m.digest)
-        .bind(m.media_type)
-        .bind(m.size)
-        .bind(m.artifact_type)
-        .bind(m.subject)
-        .bind(m.annotations.as_deref())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        if inserted > 0 {
+        // Either this inserts the row, or the row already there is locked
+        // against deletion until the commit (a tag or a reference may follow).
+        let existing =
+            locking!(backend, "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2", "FOR KEY SHARE");
+        let mut inserted = None;
+        for _ in 0..RACE_RETRIES {
+            let n = sqlx::query(
+                "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (repository_id, digest) DO NOTHING",
+            )
+            .bind(repo_id)
+            .bind(m.digest)
+            .bind(m.media_type)
+            .bind(m.size)
+            .bind(m.artifact_type)
+            .bind(m.subject)
+            .bind(m.annotations.as_deref())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                inserted = Some(true);
+                break;
+            }
+            let found: Option<i64> =
+                sqlx::query_scalar(existing).bind(repo_id).bind(m.digest).fetch_optional(&mut **tx).await?;
+            if found.is_some() {
+                inserted = Some(false);
+                break;
+            }
+        }
+        let Some(inserted) = inserted else {
+            return Err(MetadataError::Corrupt(format!("manifest {} keeps being deleted while recorded", m.digest)));
+        };
+        if inserted {
             let refs = m.blobs.iter().map(|b| (b, 0i64)).chain(m.children.iter().map(|c| (c, 1i64)));
             for (child, is_manifest) in refs {
                 sqlx::query(
@@ -580,7 +666,7 @@ impl Metadata {
     pub async fn import_repositories(&self, imps: &[ImportedRepository<'_>]) -> Result<()> {
         let mut tx = self.begin(&self.write).await?;
         for imp in imps {
-            Self::import_one(&mut tx, imp).await?;
+            Self::import_one(self.backend, &mut tx, imp).await?;
         }
         tx.commit().await?;
         for imp in imps {
@@ -589,8 +675,8 @@ impl Metadata {
         Ok(())
     }
 
-    async fn import_one(tx: &mut Transaction<'_, Any>, imp: &ImportedRepository<'_>) -> Result<()> {
-        let repo_id = Self::ensure_repository(tx, imp.repository).await?;
+    async fn import_one(backend: Backend, tx: &mut Transaction<'_, Any>, imp: &ImportedRepository<'_>) -> Result<()> {
+        let repo_id = Self::ensure_repository(backend, tx, imp.repository).await?;
         if imp.listed {
             sqlx::query("UPDATE repositories SET listed = 1 WHERE id = $1").bind(repo_id).execute(&mut **tx).await?;
         }
@@ -616,7 +702,7 @@ impl Metadata {
             .await?;
         }
         for m in &imp.manifests {
-            Self::insert_manifest(tx, repo_id, m).await?;
+            Self::insert_manifest(backend, tx, repo_id, m).await?;
         }
         for (tag, digest) in &imp.tags {
             sqlx::query(
@@ -645,17 +731,28 @@ impl Metadata {
         let Some(repo_id) = repo_id else {
             return Ok(None);
         };
-        let tags: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM tags WHERE repository_id = $1 AND digest = $2 ORDER BY name")
+        // The manifest first, then what refers to it: a push that tags it
+        // holds it (FOR KEY SHARE) and so finishes before this starts. If it
+        // is not there now, there is nothing to delete, whatever comes later.
+        let found: Option<i64> = sqlx::query_scalar(locking!(
+            self.backend,
+            "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2",
+            "FOR UPDATE"
+        ))
+        .bind(repo_id)
+        .bind(digest)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if found.is_none() {
+            return Ok(None);
+        }
+        let mut tags: Vec<String> =
+            sqlx::query_scalar("DELETE FROM tags WHERE repository_id = $1 AND digest = $2 RETURNING name")
                 .bind(repo_id)
                 .bind(digest)
                 .fetch_all(&mut *tx)
                 .await?;
-        sqlx::query("DELETE FROM tags WHERE repository_id = $1 AND digest = $2")
-            .bind(repo_id)
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?;
+        tags.sort_unstable();
         sqlx::query("DELETE FROM manifest_references WHERE repository_id = $1 AND parent = $2")
             .bind(repo_id)
             .bind(digest)
@@ -685,31 +782,26 @@ impl Metadata {
         .bind(digest)
         .bind(now_millis())
         .execute(&self.write)
-        .await?;
+        .await;
         self.cache.invalidate(repo);
-        Ok(r.rows_affected() > 0)
+        match r {
+            Ok(r) => Ok(r.rows_affected() > 0),
+            // The manifest was deleted between the statement's read and its insert.
+            Err(e) if is_foreign_key_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes a tag. Returns the digest it pointed at, if it existed.
     pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<Option<String>> {
-        let mut tx = self.begin(&self.write).await?;
         let digest: Option<String> = sqlx::query_scalar(
-            "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repository_id WHERE r.name = $1 AND t.name = $2",
+            "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1) \
+             RETURNING digest",
         )
         .bind(repo)
         .bind(tag)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.write)
         .await?;
-        if digest.is_some() {
-            sqlx::query(
-                "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
-            )
-            .bind(repo)
-            .bind(tag)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
         self.cache.invalidate(repo);
         Ok(digest)
     }
@@ -717,6 +809,16 @@ impl Metadata {
     /// Tags of a repository in name order after `last`; None when the
     /// repository never held a manifest.
     pub async fn list_tags(&self, repo: &str, last: Option<&str>, limit: i64) -> Result<Option<Vec<String>>> {
+        if !self.cache.enabled() {
+            let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM repositories WHERE name = $1 AND listed = 1")
+                .bind(repo)
+                .fetch_optional(&self.read)
+                .await?;
+            return match known {
+                Some(_) => self.page_tags(repo, last, limit).await.map(Some),
+                None => Ok(None),
+            };
+        }
         let all = match self.cache.tags(repo) {
             Some(hit) => hit,
             None => {
@@ -869,6 +971,43 @@ impl Metadata {
         .await?;
         rows.iter().map(Self::upload_row).collect()
     }
+}
+
+/// Applies the migrations not yet recorded in `schema_migrations`, each in
+/// its own transaction. Returns whether the first one was applied now (the
+/// database was empty).
+async fn migrate(conn: &mut sqlx::AnyConnection, migrations: &[(i64, &str)]) -> Result<bool> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .await?;
+    let mut created = false;
+    for (version, sql) in migrations {
+        let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if done.is_some() {
+            continue;
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        tx.execute(*sql).await?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind(version)
+            .bind(now_millis())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        created |= *version == 1;
+        tracing::info!(version, "applied metadata migration");
+    }
+    Ok(created)
+}
+
+/// Whether an error is a foreign key violation: on PostgreSQL, the row a
+/// write referred to was deleted by another transaction meanwhile.
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::ForeignKeyViolation)
 }
 
 /// The entries of a sorted list after `last`, at most `limit` of them.

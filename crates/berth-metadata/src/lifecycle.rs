@@ -5,7 +5,7 @@ use std::future::Future;
 
 use sqlx::Row;
 
-use crate::{now_millis, Metadata, Result};
+use crate::{locking, now_millis, Backend, Metadata, Result};
 
 /// A blob garbage collection takes: nothing references it, and it has been
 /// idle past the grace period (or its commit lease ran out).
@@ -54,6 +54,13 @@ impl Metadata {
     /// and, unless `dry_run`, deletes their rows and — inside the same
     /// transaction, so no writer can claim a blob in between — calls `delete`
     /// to remove their content. If `delete` fails nothing is committed.
+    ///
+    /// On PostgreSQL the candidates are locked (`FOR UPDATE`, skipping rows
+    /// another transaction holds: those are in use) and each DELETE checks
+    /// the condition again with a fresh snapshot, so a manifest that came to
+    /// reference a blob, or a claim that moved its use time, after the
+    /// candidates were read keeps it. A claim, link or manifest push that
+    /// comes later waits for this batch and then finds the blob gone.
     pub async fn sweep_blobs<F, Fut>(
         &self,
         cutoff: i64,
@@ -68,39 +75,68 @@ impl Metadata {
     {
         let now = now_millis();
         let mut tx = self.begin(&self.write).await?;
-        let rows = sqlx::query(
+        let select = locking!(
+            self.backend,
             "SELECT b.digest, b.size FROM blobs b WHERE b.digest > $1 \
              AND ((b.state = 0 AND b.last_used < $2) OR (b.state = 1 AND b.lease_until < $3)) \
              AND NOT EXISTS (SELECT 1 FROM manifest_references r WHERE r.child = b.digest) \
              AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = b.digest) \
              ORDER BY b.digest LIMIT $4",
-        )
-        .bind(after)
-        .bind(cutoff)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut victims = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let digest: String = r.try_get(0)?;
-            let repositories: Vec<String> = sqlx::query_scalar(
-                "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
-                 WHERE rb.digest = $1 ORDER BY r.name",
-            )
-            .bind(&digest)
-            .fetch_all(&mut *tx)
-            .await?;
-            victims.push(GcVictim { size: r.try_get(1)?, digest, repositories });
-        }
-        if dry_run || victims.is_empty() {
-            tx.rollback().await?;
-            return Ok(victims);
-        }
-        for v in &victims {
-            sqlx::query("DELETE FROM repository_blobs WHERE digest = $1").bind(&v.digest).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM blobs WHERE digest = $1").bind(&v.digest).execute(&mut *tx).await?;
-        }
+            "FOR UPDATE OF b SKIP LOCKED"
+        );
+        let mut after = after.to_owned();
+        let victims = loop {
+            let rows = sqlx::query(select).bind(&after).bind(cutoff).bind(now).bind(limit).fetch_all(&mut *tx).await?;
+            let Some(last) = rows.last() else {
+                tx.rollback().await?;
+                return Ok(Vec::new());
+            };
+            after = last.try_get(0)?;
+            let mut victims = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let digest: String = r.try_get(0)?;
+                if !dry_run {
+                    let n = sqlx::query(
+                        "DELETE FROM blobs WHERE digest = $1 \
+                         AND ((state = 0 AND last_used < $2) OR (state = 1 AND lease_until < $3)) \
+                         AND NOT EXISTS (SELECT 1 FROM manifest_references r WHERE r.child = blobs.digest) \
+                         AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = blobs.digest)",
+                    )
+                    .bind(&digest)
+                    .bind(cutoff)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 {
+                        // Referenced or used since it was read: it stays.
+                        continue;
+                    }
+                }
+                let repositories: Vec<String> = sqlx::query_scalar(
+                    "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+                     WHERE rb.digest = $1 ORDER BY r.name",
+                )
+                .bind(&digest)
+                .fetch_all(&mut *tx)
+                .await?;
+                if !dry_run {
+                    sqlx::query("DELETE FROM repository_blobs WHERE digest = $1")
+                        .bind(&digest)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                victims.push(GcVictim { size: r.try_get(1)?, digest, repositories });
+            }
+            if dry_run {
+                tx.rollback().await?;
+                return Ok(victims);
+            }
+            // An empty batch would end the caller's sweep: look further instead.
+            if !victims.is_empty() {
+                break victims;
+            }
+        };
         if let Err(e) = delete(victims.clone()).await {
             tx.rollback().await?;
             return Err(crate::MetadataError::Corrupt(format!("deleting blob content failed: {e}")));
@@ -162,10 +198,29 @@ impl Metadata {
     }
 
     /// Deletes manifests of `repo` that still have no tag. Returns those deleted.
+    ///
+    /// On PostgreSQL each manifest is locked first (`FOR UPDATE`, after any
+    /// push that is tagging it commits), so the DELETE's fresh snapshot sees
+    /// a tag set meanwhile and keeps the manifest.
     pub async fn delete_untagged(&self, repo: &str, digests: &[String]) -> Result<Vec<String>> {
         let mut tx = self.begin(&self.write).await?;
         let mut deleted = Vec::new();
-        for d in digests {
+        let mut sorted: Vec<&String> = digests.iter().collect();
+        sorted.sort_unstable();
+        for d in sorted {
+            let found: Option<i64> = sqlx::query_scalar(locking!(
+                self.backend,
+                "SELECT 1 FROM manifests WHERE digest = $2 \
+                 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+                "FOR UPDATE"
+            ))
+            .bind(repo)
+            .bind(d)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if found.is_none() {
+                continue;
+            }
             let n = sqlx::query(
                 "DELETE FROM manifests WHERE digest = $2 \
                  AND repository_id = (SELECT id FROM repositories WHERE name = $1) \
@@ -198,8 +253,12 @@ impl Metadata {
         if pulls.is_empty() {
             return Ok(());
         }
+        // In one order everywhere, so that two instances recording the same
+        // tags cannot deadlock on PostgreSQL.
+        let mut sorted: Vec<&(String, String, i64)> = pulls.iter().collect();
+        sorted.sort_unstable();
         let mut tx = self.begin(&self.uploads).await?;
-        for (repo, tag, at) in pulls {
+        for (repo, tag, at) in sorted {
             sqlx::query(
                 "UPDATE tags SET pulled_at = $3 WHERE name = $2 AND pulled_at < $3 \
                  AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
@@ -220,7 +279,7 @@ impl Metadata {
     pub async fn namespace_usage(&self, ns: &str) -> Result<i64> {
         let below = format!("{ns}/");
         let total: Option<i64> = sqlx::query_scalar(
-            "SELECT SUM(b.size) FROM blobs b WHERE b.digest IN ( \
+            "SELECT CAST(SUM(b.size) AS BIGINT) FROM blobs b WHERE b.digest IN ( \
                SELECT rb.digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
                  WHERE r.name = $1 OR substr(r.name, 1, length($2)) = $2 \
                UNION SELECT m.digest FROM manifests m JOIN repositories r ON r.id = m.repository_id \
@@ -250,12 +309,16 @@ impl Metadata {
 
     /// Removes a repository with its tags, manifests and blob links. The blobs
     /// themselves are left to garbage collection. False if it did not exist.
+    /// On PostgreSQL the repository row is locked first: writers hold it
+    /// (`FOR KEY SHARE`) while they add to the repository, so this waits for
+    /// them, and those that come later create the repository anew.
     pub async fn delete_repository(&self, repo: &str) -> Result<bool> {
         let mut tx = self.begin(&self.write).await?;
-        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
-            .bind(repo)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let id: Option<i64> =
+            sqlx::query_scalar(locking!(self.backend, "SELECT id FROM repositories WHERE name = $1", "FOR UPDATE"))
+                .bind(repo)
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(id) = id else { return Ok(false) };
         for sql in [
             "DELETE FROM tags WHERE repository_id = $1",

@@ -1,16 +1,53 @@
+//! The metadata tests. Each `async fn(Metadata)` listed in `on_both!` runs
+//! twice: on a temporary SQLite file and on a fresh PostgreSQL database.
+
 use super::*;
+
+mod db;
+
+/// Runs each listed test, an `async fn(Metadata)` of the invoking module, on
+/// SQLite and on PostgreSQL (`sqlite::NAME`, `postgres::NAME`).
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = crate::tests::db::sqlite().await;
+                    super::$name(db.md.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = crate::tests::db::postgres(stringify!($name)).await else { return };
+                    super::$name(db.md.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+mod lifecycle;
+mod race;
+
+on_both!(
+    blob_links_are_per_repository,
+    manifest_requires_its_blobs_and_children,
+    tags_move_list_and_delete,
+    catalog_lists_repositories_with_manifests_in_order,
+    referrers_filter_by_subject_and_artifact_type,
+    uploads_advance_only_from_the_expected_size,
+    catalog_and_tags_page_in_byte_order,
+    metadata_keys_are_set_and_replaced,
+);
 
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 const M1: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const M2: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-
-async fn open() -> (tempfile::TempDir, Metadata) {
-    let dir = tempfile::tempdir().unwrap();
-    let (md, created) = Metadata::open_sqlite(&dir.path().join("meta.sqlite")).await.unwrap();
-    assert!(created);
-    (dir, md)
-}
 
 fn manifest<'a>(repo: &'a str, digest: &'a str, blobs: Vec<&'a str>, tag: Option<&'a str>) -> NewManifest<'a> {
     NewManifest {
@@ -41,8 +78,48 @@ async fn reopening_keeps_data_and_does_not_remigrate() {
 }
 
 #[tokio::test]
-async fn blob_links_are_per_repository() {
-    let (_d, md) = open().await;
+async fn postgres_reopening_keeps_data_and_does_not_remigrate() {
+    let Some(db) = db::postgres("postgres_reopening_keeps_data_and_does_not_remigrate").await else { return };
+    db.md.link_blob("a/b", D1, 5).await.unwrap();
+    let url = db.url.clone().unwrap();
+    // A second instance on the same database, as another server would open it.
+    let (other, created) = Metadata::open_postgres(&url, 2).await.unwrap();
+    assert!(!created);
+    assert_eq!(other.repository_blob_size("a/b", D1).await.unwrap(), Some(5));
+    let versions: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(&other.read).await.unwrap();
+    assert_eq!(versions, POSTGRES_MIGRATIONS.len() as i64);
+    other.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_instances_starting_together_migrate_once() {
+    let Some(db) = db::postgres("postgres_instances_starting_together_migrate_once").await else { return };
+    // The fresh database is migrated already; drop the schema so that all start on an empty one.
+    sqlx::raw_sql(
+        "DROP TABLE schema_migrations, berth_meta, uploads, tags, manifest_references, manifests, \
+         repository_blobs, blobs, repositories",
+    )
+    .execute(&db.md.write)
+    .await
+    .unwrap();
+    let url = db.url.clone().unwrap();
+    let starting: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Metadata::open_postgres(&url, 2).await })
+        })
+        .collect();
+    let mut created = 0;
+    for s in starting {
+        let (md, c) = s.await.unwrap().unwrap();
+        created += usize::from(c);
+        md.close().await;
+    }
+    assert_eq!(created, 1, "exactly one instance creates the schema");
+}
+
+async fn blob_links_are_per_repository(md: Metadata) {
     md.link_blob("one", D1, 10).await.unwrap();
     assert_eq!(md.repository_blob_size("one", D1).await.unwrap(), Some(10));
     assert_eq!(md.repository_blob_size("two", D1).await.unwrap(), None);
@@ -53,9 +130,7 @@ async fn blob_links_are_per_repository() {
     assert_eq!(md.blob_size(D1).await.unwrap(), Some(10), "global blob record stays");
 }
 
-#[tokio::test]
-async fn manifest_requires_its_blobs_and_children() {
-    let (_d, md) = open().await;
+async fn manifest_requires_its_blobs_and_children(md: Metadata) {
     let out = md.put_manifest(&manifest("r", M1, vec![D1], Some("v1"))).await.unwrap();
     assert_eq!(out, PutManifestOutcome::MissingBlob(D1.into()));
     assert_eq!(md.resolve_tag("r", "v1").await.unwrap(), None, "nothing recorded on failure");
@@ -73,9 +148,7 @@ async fn manifest_requires_its_blobs_and_children() {
     assert_eq!(md.put_manifest(&index).await.unwrap(), PutManifestOutcome::Stored);
 }
 
-#[tokio::test]
-async fn tags_move_list_and_delete() {
-    let (_d, md) = open().await;
+async fn tags_move_list_and_delete(md: Metadata) {
     assert_eq!(md.list_tags("r", None, 100).await.unwrap(), None);
     md.link_blob("r", D1, 1).await.unwrap();
     md.put_manifest(&manifest("r", M1, vec![D1], Some("b"))).await.unwrap();
@@ -96,9 +169,7 @@ async fn tags_move_list_and_delete() {
     assert!(!md.set_tag("r", "nope", M2).await.unwrap(), "tag to a missing manifest is refused");
 }
 
-#[tokio::test]
-async fn catalog_lists_repositories_with_manifests_in_order() {
-    let (_d, md) = open().await;
+async fn catalog_lists_repositories_with_manifests_in_order(md: Metadata) {
     for r in ["c", "a", "b/x", "b"] {
         md.link_blob(r, D1, 1).await.unwrap();
         md.put_manifest(&manifest(r, M1, vec![D1], None)).await.unwrap();
@@ -113,9 +184,7 @@ async fn catalog_lists_repositories_with_manifests_in_order() {
     assert_eq!(md.list_tags("only-blobs", None, 10).await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn referrers_filter_by_subject_and_artifact_type() {
-    let (_d, md) = open().await;
+async fn referrers_filter_by_subject_and_artifact_type(md: Metadata) {
     md.link_blob("r", D1, 1).await.unwrap();
     let mut a = manifest("r", M1, vec![D1], None);
     a.subject = Some(D2);
@@ -132,9 +201,7 @@ async fn referrers_filter_by_subject_and_artifact_type() {
     assert!(md.referrers("other", D2, None).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn uploads_advance_only_from_the_expected_size() {
-    let (_d, md) = open().await;
+async fn uploads_advance_only_from_the_expected_size(md: Metadata) {
     let u = UploadRow {
         id: "u1".into(),
         repository: "r".into(),
@@ -152,4 +219,35 @@ async fn uploads_advance_only_from_the_expected_size() {
     assert_eq!(md.stale_uploads(now_millis() + 1, 10).await.unwrap().len(), 1);
     assert!(md.delete_upload("u1").await.unwrap());
     assert_eq!(md.get_upload("u1").await.unwrap(), None);
+}
+
+async fn catalog_and_tags_page_in_byte_order(md: Metadata) {
+    // Byte order, as distribution lists: '-' (0x2d) < '.' < '/' < digits < upper < '_' < lower.
+    let names = ["a_b", "a-b", "a.b", "a/b", "a0", "aB", "ab"];
+    md.link_blob("x", D1, 1).await.unwrap();
+    for n in names {
+        md.link_blob(n, D1, 1).await.unwrap();
+        md.put_manifest(&manifest(n, M1, vec![D1], Some(n))).await.unwrap();
+    }
+    md.put_manifest(&manifest("x", M1, vec![D1], None)).await.unwrap();
+    for n in names {
+        assert!(md.set_tag("x", n, M1).await.unwrap());
+    }
+    let mut sorted = names.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["a-b", "a.b", "a/b", "a0", "aB", "a_b", "ab"]);
+    let mut all = md.list_repositories(None, 100).await.unwrap();
+    all.retain(|n| n != "x");
+    assert_eq!(all, sorted);
+    assert_eq!(md.list_repositories(Some("a/b"), 2).await.unwrap(), vec!["a0", "aB"]);
+    assert_eq!(md.list_tags("x", None, 100).await.unwrap().unwrap(), sorted);
+    assert_eq!(md.list_tags("x", Some("a0"), 2).await.unwrap().unwrap(), vec!["aB", "a_b"]);
+}
+
+async fn metadata_keys_are_set_and_replaced(md: Metadata) {
+    assert_eq!(md.get_meta("k").await.unwrap(), None);
+    md.set_meta("k", "one").await.unwrap();
+    md.set_meta("k", "two").await.unwrap();
+    assert_eq!(md.get_meta("k").await.unwrap().as_deref(), Some("two"));
+    assert_eq!(md.count_repositories().await.unwrap(), 0);
 }
