@@ -5,7 +5,8 @@
 #   Debian packages: reference registry (docker-registry = distribution 2.8),
 #                    skopeo, podman, buildah, umoci, docker.io (dockerd 20.10
 #                    + containerd + runc), wrk, openssl (make-test-image.sh),
-#                    curl (health checks), python3-venv (only if needed)
+#                    curl (health checks), postgresql (scripts/postgres.sh,
+#                    the metadata tests on PostgreSQL), python3-venv (only if needed)
 #   Garage:          scripts/garage.sh install (cargo install garage --locked,
 #                    unless a garage binary is present)
 #   Python venv:     ${BERTH_VENV:-<repo>/target/venv} with the PyPI "oras"
@@ -20,7 +21,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${BERTH_VENV:-$repo/target/venv}
 oras_version=${BERTH_ORAS_VERSION:-0.2.43}
 
-packages=(docker-registry skopeo podman buildah umoci docker.io wrk openssl curl ca-certificates)
+packages=(docker-registry skopeo podman buildah umoci docker.io wrk openssl curl ca-certificates postgresql)
 
 say() { echo "install-test-deps: $*"; }
 
@@ -121,6 +122,7 @@ say "versions:"
   echo "  dockerd:         $(dockerd --version 2>/dev/null | awk '{print $3}' | tr -d ,)"
   echo "  docker (Debian): $(/usr/bin/docker --version | awk '{print $3}' | tr -d ,)"
   echo "  oras (python):   $("$venv/bin/python" -c 'import oras.version as v; print(v.__version__)')"
+  echo "  postgresql:      $(dpkg-query -W -f='${Version}' postgresql)"
   echo "  garage:          $("$repo/scripts/garage.sh" install 2>&1 | sed 's/.*(//; s/)$//')"
 } || true
 say "BERTH_VENV=$venv"

@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it: installs what the end-to-end tests need
 # (Debian packages, the oras venv), checks formatting and lints, then runs
 # every test of the workspace (unit, in-process API, and end-to-end tests
-# with the real binary, real clients and the reference registry).
+# with the real binary, real clients and the reference registry; the
+# metadata tests also on PostgreSQL, started by scripts/postgres.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,16 @@ cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
+# A throwaway PostgreSQL for the metadata tests (each makes its own database),
+# unless one is given; stopped at the end if this run started it.
+if [ -z "${BERTH_TEST_POSTGRES_URL:-}" ]; then
+  if ! scripts/postgres.sh url >/dev/null 2>&1; then
+    trap 'scripts/postgres.sh stop || true' EXIT
+  fi
+  BERTH_TEST_POSTGRES_URL=$(scripts/postgres.sh start)
+  export BERTH_TEST_POSTGRES_URL
+fi
+echo "PostgreSQL for the tests: $BERTH_TEST_POSTGRES_URL"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"
 else
