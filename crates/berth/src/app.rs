@@ -52,7 +52,11 @@ fn fs_root(cfg: &Config) -> PathBuf {
         .unwrap_or_else(|| default_data_dir(&|k| std::env::var(k).ok()))
 }
 
+/// The embedded SQLite file; None in memory, or when the database is PostgreSQL.
 fn db_path(cfg: &Config) -> Option<PathBuf> {
+    if cfg.database.postgres_dsn().is_some() {
+        return None;
+    }
     cfg.database
         .path
         .clone()
@@ -78,9 +82,13 @@ fn describe_storage(cfg: &Config) -> (String, String) {
     } else {
         format!("filesystem at {}", fs_root(cfg).display())
     };
-    let db = db_path(cfg)
-        .map(|p| format!("sqlite at {}", p.display()))
-        .unwrap_or_else(|| "sqlite in a temporary file".into());
+    let db = match db_path(cfg) {
+        _ if cfg.database.postgres_dsn().is_some() => {
+            format!("postgres at {}", cfg.database.redacted_dsn().unwrap_or_default())
+        }
+        Some(p) => format!("sqlite at {}", p.display()),
+        None => "sqlite in a temporary file".into(),
+    };
     (storage, db)
 }
 
@@ -137,15 +145,25 @@ pub(crate) async fn build(cfg: &Config, mode: Mode) -> Result<Built> {
         let fs = FsDriver::new(&root).with_context(|| format!("opening storage at {}", root.display()))?;
         (Arc::new(fs), None::<tempfile::TempDir>)
     };
-    let (db, scratch) = match db_path(cfg) {
-        Some(p) => (p, scratch),
-        None => {
-            let t = tempfile::tempdir().context("creating a temporary metadata directory")?;
-            (t.path().join("metadata.sqlite"), Some(t))
-        }
+    let (meta, created, scratch) = if let Some(dsn) = cfg.database.postgres_dsn() {
+        // Named without its password.
+        let shown = cfg.database.redacted_dsn().unwrap_or_default();
+        let (meta, created) = Metadata::open_postgres(dsn, cfg.database.max_connections())
+            .await
+            .with_context(|| format!("opening metadata database {shown}"))?;
+        (meta, created, scratch)
+    } else {
+        let (db, scratch) = match db_path(cfg) {
+            Some(p) => (p, scratch),
+            None => {
+                let t = tempfile::tempdir().context("creating a temporary metadata directory")?;
+                (t.path().join("metadata.sqlite"), Some(t))
+            }
+        };
+        let (meta, created) =
+            Metadata::open_sqlite(&db).await.with_context(|| format!("opening metadata database {}", db.display()))?;
+        (meta, created, scratch)
     };
-    let (meta, created) =
-        Metadata::open_sqlite(&db).await.with_context(|| format!("opening metadata database {}", db.display()))?;
     // A store without a database (a distribution store, or a lost database) is indexed first.
     if mode == Mode::Import || created {
         let repos = import::find_repositories(storage.as_ref()).await?;

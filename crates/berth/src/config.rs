@@ -319,13 +319,121 @@ pub struct Schema1Config {
     pub signingkeyfile: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Berth: the metadata database. `driver: sqlite` (the default) embeds it in
+/// the store; `driver: postgres` uses a PostgreSQL database that several
+/// instances may share.
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
+    /// `sqlite` or `postgres`; default `sqlite`.
+    #[serde(default)]
+    pub driver: Option<String>,
     /// Path of the embedded SQLite database. Default: `_berth/metadata.sqlite`
     /// under the filesystem storage root.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// PostgreSQL: `postgres://user:password@host:5432/berth[?sslmode=...]`,
+    /// also from `REGISTRY_DATABASE_DSN`. Never logged with its password.
+    #[serde(default)]
+    pub dsn: Option<String>,
+    /// PostgreSQL: connections this instance keeps at most (default 20).
+    #[serde(default)]
+    pub maxconnections: Option<u32>,
+}
+
+const DEFAULT_DB_CONNECTIONS: u32 = 20;
+
+impl DatabaseConfig {
+    /// The DSN when the driver is PostgreSQL.
+    pub fn postgres_dsn(&self) -> Option<&str> {
+        (self.driver.as_deref() == Some("postgres")).then_some(self.dsn.as_deref()).flatten()
+    }
+
+    pub fn max_connections(&self) -> u32 {
+        self.maxconnections.unwrap_or(DEFAULT_DB_CONNECTIONS)
+    }
+
+    /// The DSN with its password (in the URL or as a `password=` parameter)
+    /// replaced by `***`, for messages and logs.
+    pub fn redacted_dsn(&self) -> Option<String> {
+        self.dsn.as_deref().map(redact_dsn)
+    }
+
+    fn validate(&self) -> Result<()> {
+        match self.driver.as_deref() {
+            None | Some("sqlite") => {
+                if self.dsn.is_some() {
+                    bail!("database.dsn: only used with database.driver: postgres");
+                }
+            }
+            Some("postgres") => {
+                let dsn = self.dsn.as_deref().map(str::trim).unwrap_or_default();
+                if dsn.is_empty() {
+                    bail!(
+                        "database.dsn: required with database.driver: postgres, \
+                         e.g. postgres://user:password@127.0.0.1:5432/berth (or set REGISTRY_DATABASE_DSN)"
+                    );
+                }
+                // The value itself is not repeated: it may hold a password.
+                if !(dsn.starts_with("postgres://") || dsn.starts_with("postgresql://")) {
+                    bail!("database.dsn: must be a URL such as postgres://user:password@host:5432/berth");
+                }
+                if self.path.is_some() {
+                    bail!("database.path: the embedded SQLite file; not used with database.driver: postgres");
+                }
+            }
+            Some(d) => bail!("database.driver: unknown driver {d:?} (sqlite, postgres)"),
+        }
+        if self.maxconnections == Some(0) {
+            bail!("database.maxconnections: must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("driver", &self.driver)
+            .field("path", &self.path)
+            .field("dsn", &self.redacted_dsn())
+            .field("maxconnections", &self.maxconnections)
+            .finish()
+    }
+}
+
+/// `scheme://user:secret@host/db?password=secret` → `scheme://user:***@host/db?password=***`.
+fn redact_dsn(dsn: &str) -> String {
+    let (base, query) = match dsn.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (dsn, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let authority = match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:***@{host}"),
+                    None => authority.to_owned(),
+                },
+                None => authority.to_owned(),
+            };
+            format!("{scheme}://{authority}{path}")
+        }
+        None => base.to_owned(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 /// `version: 0.1` reads as a number in YAML; distribution treats it as text.
@@ -524,6 +632,7 @@ impl Config {
         if self.gc.enabled && self.gc.interval.is_zero() {
             bail!("gc.interval: must be greater than zero");
         }
+        self.database.validate()?;
         Ok(())
     }
 
@@ -845,5 +954,58 @@ quotas:
         assert_eq!(default_data_dir(&env(&[("XDG_DATA_HOME", "/x"), ("HOME", "/h")])), PathBuf::from("/x/berth"));
         assert_eq!(default_data_dir(&env(&[("HOME", "/h")])), PathBuf::from("/h/.local/share/berth"));
         assert_eq!(default_data_dir(&env(&[])), PathBuf::from("berth-data"));
+    }
+
+    #[test]
+    fn database_driver_and_dsn() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.database.postgres_dsn(), None, "embedded SQLite by default");
+        let c = load(
+            "database:\n  driver: postgres\n  dsn: postgres://berth:s3cret@db.test:5432/berth\n  maxconnections: 5\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.database.postgres_dsn(), Some("postgres://berth:s3cret@db.test:5432/berth"));
+        assert_eq!(c.database.max_connections(), 5);
+        // From the environment, as distribution's keys are.
+        let c = load(
+            "",
+            &[
+                ("REGISTRY_DATABASE_DRIVER", "postgres"),
+                ("REGISTRY_DATABASE_DSN", "postgresql://u:p%40ss@10.0.0.1:5433/b?sslmode=require"),
+                ("REGISTRY_DATABASE_MAXCONNECTIONS", "50"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database.postgres_dsn(), Some("postgresql://u:p%40ss@10.0.0.1:5433/b?sslmode=require"));
+        assert_eq!(c.database.max_connections(), 50);
+        let c = load("database:\n  driver: postgres\n  dsn: postgres://x@h/db\n", &[]).unwrap();
+        assert_eq!(c.database.max_connections(), 20);
+        let c = load("database:\n  driver: postgres\n", &[("REGISTRY_DATABASE_DSN", "postgres://h/db")]).unwrap();
+        assert_eq!(c.database.postgres_dsn(), Some("postgres://h/db"));
+    }
+
+    #[test]
+    fn database_errors_name_the_key_and_hide_the_password() {
+        let err = |yaml: &str| load(yaml, &[]).unwrap_err().to_string();
+        assert_eq!(err("database:\n  driver: mysql\n"), "database.driver: unknown driver \"mysql\" (sqlite, postgres)");
+        assert!(
+            err("database:\n  driver: postgres\n").starts_with("database.dsn: required with database.driver: postgres")
+        );
+        let e = err("database:\n  driver: postgres\n  dsn: \"host=db password=s3cret\"\n");
+        assert!(e.starts_with("database.dsn: must be a URL") && !e.contains("s3cret"), "{e}");
+        assert!(err("database:\n  dsn: postgres://h/db\n")
+            .starts_with("database.dsn: only used with database.driver: postgres"));
+        assert!(err("database:\n  driver: postgres\n  dsn: postgres://h/db\n  path: /x.sqlite\n")
+            .starts_with("database.path:"));
+        assert!(err("database:\n  driver: postgres\n  dsn: postgres://h/db\n  maxconnections: 0\n")
+            .starts_with("database.maxconnections:"));
+        let c =
+            load("database:\n  driver: postgres\n  dsn: postgres://berth:s3cret@db:5432/b?password=s3cret&x=1\n", &[])
+                .unwrap();
+        assert_eq!(c.database.redacted_dsn().unwrap(), "postgres://berth:***@db:5432/b?password=***&x=1");
+        assert!(!format!("{c:?}").contains("s3cret"), "Debug output hides the password");
+        assert_eq!(redact_dsn("postgres://berth@db/b"), "postgres://berth@db/b");
+        assert_eq!(redact_dsn("postgres://db"), "postgres://db");
     }
 }
