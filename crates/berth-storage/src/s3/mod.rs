@@ -1,9 +1,9 @@
 //! The S3-compatible driver: the distribution layout as object keys under an
 //! optional root directory in one bucket.
 //!
-//! Unfinished upload data is an S3 multipart upload of full `chunksize`
-//! parts plus a tail object (the bytes that do not fill a part yet, since
-//! only the last part may be small). Its upload id, parts and tail are the
+//! Unfinished upload data is an S3 multipart upload of parts (`chunksize`
+//! each, or what a closed writer held if at least S3's 5 MiB minimum) plus a
+//! tail object (bytes too few for a part yet: only the last part may be small). Its upload id, parts and tail are the
 //! state [`StorageWriter::close`] returns, which the registry keeps in its
 //! upload row and hands to the next writer, on whichever instance: nothing
 //! depends on ListMultipartUploads. [`StorageWriter::commit`] completes the
@@ -604,6 +604,12 @@ impl StorageWriter for S3Writer {
     }
 
     async fn close(mut self: Box<Self>) -> Result<Written> {
+        // What can be a part (S3's minimum, not a whole chunksize) becomes one,
+        // so chunks of 5 MiB or more never pass through a tail object.
+        if self.buffer.len() >= MIN_CHUNK_SIZE {
+            let part = self.buffer.split().freeze();
+            self.send_part(part).await?;
+        }
         self.finish_parts().await?;
         let mut state = PartState { upload: self.state.upload.clone(), parts: self.done_parts.clone(), tail: None };
         if !self.buffer.is_empty() {
