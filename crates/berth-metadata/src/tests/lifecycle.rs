@@ -8,6 +8,7 @@ on_both!(
     sweep_pages_through_batches_and_dry_run_keeps_everything,
     failed_content_deletion_keeps_the_rows,
     a_claim_after_collection_writes_the_blob_again,
+    use_keeps_a_blob_from_collection,
     finishing_a_blob_collected_meanwhile_fails,
     untagged_manifests_are_deleted_but_tagged_ones_stay,
     repository_graph_and_pull_times,
@@ -75,6 +76,17 @@ async fn a_claim_after_collection_writes_the_blob_again(md: Metadata) {
     md.finish_blob("r", D1).await.unwrap();
     assert_eq!(md.claim_blob(D1, 1).await.unwrap(), BlobClaim::Present);
     assert_eq!(md.repository_blob_size("r", D1).await.unwrap(), Some(1));
+}
+
+async fn use_keeps_a_blob_from_collection(md: Metadata) {
+    for d in [D1, D2, D3] {
+        md.link_blob("r", d, 1).await.unwrap();
+    }
+    sqlx::query("UPDATE blobs SET last_used = 0").execute(&md.write).await.unwrap();
+    md.touch_blob(D1).await.unwrap();
+    assert!(md.link_existing("s", D2).await.unwrap());
+    assert_eq!(md.claim_blob(D3, 1).await.unwrap(), BlobClaim::Present);
+    assert!(sweep(&md, now_millis() - 60_000).await.is_empty(), "each was used just now");
 }
 
 async fn finishing_a_blob_collected_meanwhile_fails(md: Metadata) {
