@@ -197,41 +197,52 @@ impl Metadata {
         Ok(RepositoryGraph { manifests, children, tags })
     }
 
-    /// Deletes manifests of `repo` that still have no tag. Returns those deleted.
+    /// Deletes those of the given manifests of `repo` that still have no tag
+    /// and that no remaining index lists as a child (an index deleted here
+    /// frees its children for the next pass). Returns those deleted.
     ///
-    /// On PostgreSQL each manifest is locked first (`FOR UPDATE`, after any
-    /// push that is tagging it commits), so the DELETE's fresh snapshot sees
-    /// a tag set meanwhile and keeps the manifest.
+    /// On PostgreSQL each manifest is locked first (`FOR UPDATE`), after any
+    /// push that tags it or lists it in an index has committed, so the
+    /// DELETE's fresh snapshot sees that tag or index and keeps the manifest.
     pub async fn delete_untagged(&self, repo: &str, digests: &[String]) -> Result<Vec<String>> {
         let mut tx = self.begin(&self.write).await?;
         let mut deleted = Vec::new();
-        let mut sorted: Vec<&String> = digests.iter().collect();
-        sorted.sort_unstable();
-        for d in sorted {
-            let found: Option<i64> = sqlx::query_scalar(locking!(
-                self.backend,
-                "SELECT 1 FROM manifests WHERE digest = $2 \
-                 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
-                "FOR UPDATE"
-            ))
-            .bind(repo)
-            .bind(d)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if found.is_none() {
-                continue;
-            }
-            let n = sqlx::query(
-                "DELETE FROM manifests WHERE digest = $2 \
-                 AND repository_id = (SELECT id FROM repositories WHERE name = $1) \
-                 AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = manifests.repository_id AND t.digest = $2)",
-            )
-            .bind(repo)
-            .bind(d)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n > 0 {
+        let mut remaining: Vec<&String> = digests.iter().collect();
+        remaining.sort_unstable();
+        remaining.dedup();
+        loop {
+            let before = deleted.len();
+            let mut kept = Vec::new();
+            for d in remaining {
+                let found: Option<i64> = sqlx::query_scalar(locking!(
+                    self.backend,
+                    "SELECT 1 FROM manifests WHERE digest = $2 \
+                     AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+                    "FOR UPDATE"
+                ))
+                .bind(repo)
+                .bind(d)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if found.is_none() {
+                    continue;
+                }
+                let n = sqlx::query(
+                    "DELETE FROM manifests WHERE digest = $2 \
+                     AND repository_id = (SELECT id FROM repositories WHERE name = $1) \
+                     AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = manifests.repository_id AND t.digest = $2) \
+                     AND NOT EXISTS (SELECT 1 FROM manifest_references mr WHERE mr.repository_id = manifests.repository_id \
+                       AND mr.child = $2 AND mr.child_is_manifest = 1)",
+                )
+                .bind(repo)
+                .bind(d)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    kept.push(d);
+                    continue;
+                }
                 sqlx::query(
                     "DELETE FROM manifest_references WHERE parent = $2 \
                      AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
@@ -242,6 +253,10 @@ impl Metadata {
                 .await?;
                 deleted.push(d.clone());
             }
+            if kept.is_empty() || deleted.len() == before {
+                break;
+            }
+            remaining = kept;
         }
         tx.commit().await?;
         self.cache.invalidate(repo);

@@ -11,6 +11,7 @@ on_both!(
     use_keeps_a_blob_from_collection,
     finishing_a_blob_collected_meanwhile_fails,
     untagged_manifests_are_deleted_but_tagged_ones_stay,
+    untagged_children_go_with_their_index_but_not_from_under_a_kept_one,
     repository_graph_and_pull_times,
     namespace_usage_counts_shared_blobs_once,
     deleting_a_repository_leaves_its_blobs_to_collection,
@@ -108,6 +109,27 @@ async fn untagged_manifests_are_deleted_but_tagged_ones_stay(md: Metadata) {
     assert!(md.get_manifest("r", M1).await.unwrap().is_some());
     // M2's references went with it; D1 is still held by M1.
     assert!(sweep(&md, all_idle()).await.iter().all(|v| v.digest != D1));
+}
+
+async fn untagged_children_go_with_their_index_but_not_from_under_a_kept_one(md: Metadata) {
+    const M3: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+    const M4: &str = "sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+    md.link_blob("r", D1, 1).await.unwrap();
+    for m in [M1, M2] {
+        md.put_manifest(&manifest("r", m, vec![D1], None)).await.unwrap();
+    }
+    // An untagged index (sorting after its child) of M1, and a tagged one of M2.
+    let mut doomed = manifest("r", M3, vec![], None);
+    doomed.children = vec![M1];
+    md.put_manifest(&doomed).await.unwrap();
+    let mut kept = manifest("r", M4, vec![], Some("v1"));
+    kept.children = vec![M2];
+    md.put_manifest(&kept).await.unwrap();
+    let all = [M1, M2, M3, M4].map(str::to_owned);
+    let mut deleted = md.delete_untagged("r", &all).await.unwrap();
+    deleted.sort();
+    assert_eq!(deleted, vec![M1.to_owned(), M3.to_owned()]);
+    assert!(md.get_manifest("r", M2).await.unwrap().is_some(), "a child of a tagged index stays");
 }
 
 async fn repository_graph_and_pull_times(md: Metadata) {
