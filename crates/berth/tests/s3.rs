@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use berth_storage::s3::{S3Config, S3Driver};
+use berth_storage::StorageDriver;
 use common::garage::Garage;
 use common::push::*;
 use common::*;
@@ -207,5 +208,106 @@ fn pushes_continue_while_a_garage_node_is_down() {
     g.stop_node(2);
     for img in &pushed {
         rt.block_on(check_image(&c, &base, img)).expect("read with node 2 down");
+    }
+}
+
+/// A fresh PostgreSQL database on the cluster `scripts/postgres.sh` runs.
+fn postgres_database() -> Option<String> {
+    let out = Command::new(repo_root().join("scripts/postgres.sh")).arg("start").output().expect("run postgres.sh");
+    if !out.status.success() {
+        if std::env::var("BERTH_E2E_ALLOW_MISSING").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: no PostgreSQL: {}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        }
+        panic!("scripts/postgres.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let name = format!("berth_e2e_{}", uuid_like().replace('-', "_"));
+    run(Command::new("psql").args([url.as_str(), "-q", "-c", &format!("CREATE DATABASE {name}")]));
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
+    Some(format!("{base}/{name}"))
+}
+
+/// Three instances on one bucket and one PostgreSQL database: the chunks of
+/// one upload go to different instances, and each sees every change at once.
+#[test]
+fn three_instances_share_one_bucket_and_postgres() {
+    let Some(g) = Garage::start(1) else { return };
+    let Some(dsn) = postgres_database() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("multi.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n{}  redirect:\n    disable: true\n  delete:\n    enabled: true\n\
+             http:\n  addr: 127.0.0.1:0\ndatabase:\n  driver: postgres\n  dsn: {dsn}\n",
+            g.s3_yaml("multi")
+        ),
+    )
+    .expect("write config");
+    // All three start at once: migrations run once, under the database's lock.
+    let starting: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn({
+                let cfg = cfg.clone();
+                move || Berth::start(&cfg)
+            })
+        })
+        .collect();
+    let instances: Vec<Berth> = starting.into_iter().map(|t| t.join().expect("instance started")).collect();
+    let bases: Vec<String> = instances.iter().map(|b| b.url("")).collect();
+    let bases: Vec<&str> = bases.iter().map(String::as_str).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let c = http_client();
+
+    // 7 MiB layers in 3 MiB chunks, request i on instance i % 3: the multipart
+    // upload one instance began is continued and completed by the others.
+    let img = rt
+        .block_on(push_generated_image(&c, &bases, "multi/app", "v1", 1, 2, 7 << 20, 3 << 20))
+        .expect("push across instances");
+    for b in &bases {
+        rt.block_on(check_image(&c, b, &img)).expect("every instance serves the image");
+    }
+    // Another image through the second instance: the others list its tag at once.
+    let img2 = rt
+        .block_on(push_generated_image(&c, &bases[1..2], "multi/app", "v2", 2, 1, 1 << 20, 1 << 20))
+        .expect("push through one instance");
+    for b in &bases {
+        let tags: serde_json::Value =
+            serde_json::from_str(&curl(&[&format!("{b}/v2/multi/app/tags/list")])).expect("tags JSON");
+        assert_eq!(tags["tags"], serde_json::json!(["v1", "v2"]), "tags on {b}");
+    }
+    // A delete on the third is seen by the first.
+    let code = curl(&[
+        "-X",
+        "DELETE",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{}/v2/multi/app/manifests/{}", bases[2], img2.manifest),
+    ]);
+    assert_eq!(code, "202");
+    let code = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("{}/v2/multi/app/manifests/v2", bases[0])]);
+    assert_eq!(code, "404", "deleted manifest still served by another instance");
+    // A collection on one instance (no grace period) removes what only the
+    // deleted image used, from the bucket too, and keeps the rest.
+    let report: serde_json::Value =
+        serde_json::from_str(&curl(&["-X", "POST", &format!("{}/_berth/gc?grace=0s", bases[0])])).expect("gc report");
+    // Its layer, its config and its manifest's bytes.
+    assert_eq!(report["blobs_deleted"], 3, "{report}");
+    let store = S3Driver::new(driver_config(&g, "multi")).expect("driver");
+    for (d, _) in &img2.blobs {
+        let d = berth_types::Digest::parse(d).expect("digest");
+        let gone = rt.block_on(store.stat(&berth_storage::layout::blob_data(&d)));
+        assert!(gone.is_err_and(|e| e.is_not_found()), "{d} still in the bucket");
+    }
+    for b in &bases {
+        rt.block_on(check_image(&c, b, &img)).expect("the tagged image survives the collection");
+    }
+    // skopeo reads through one instance what the others wrote.
+    if require("skopeo") {
+        let m = skopeo_raw_manifest(&format!("{}/multi/app:v1", instances[2].addr));
+        assert_eq!(m["layers"].as_array().map(Vec::len), Some(2));
     }
 }
