@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::server::{config_with_storage, Kind, Server};
-use crate::{blob_section, Env, Report};
+use crate::{blob_section, Better, Env, Report};
 
 struct Garage {
     dir: std::path::PathBuf,
@@ -71,7 +71,9 @@ pub fn s3(env: &Env, rt: &tokio::runtime::Runtime, report: &mut Report) -> Resul
         config_with_storage(Kind::Reference, &ref_storage, port, true, "")
     })?;
     let sizes: &[usize] = if env.quick { &[16] } else { &[64] };
-    rt.block_on(blob_section(&[&berth, &reference], report, "blobs on Garage (S3)", sizes))?;
+    let section = "blobs on Garage (S3)";
+    rt.block_on(blob_section(&[&berth, &reference], report, section, sizes))?;
+    report.add(section, "peak RSS over the section", "MiB", Better::Lower, berth.memory().1, reference.memory().1);
     berth.stop();
     reference.stop();
     Ok(())

@@ -26,7 +26,7 @@ use client::{Client, ClientConfig, S3Error};
 /// S3 refuses smaller parts (but the last).
 pub const MIN_CHUNK_SIZE: usize = 5 << 20;
 /// Parts uploaded at once by one writer.
-const PARTS_IN_FLIGHT: usize = 3;
+const PARTS_IN_FLIGHT: usize = 2;
 /// Keys per DeleteObjects request.
 const DELETE_BATCH: usize = 1000;
 
@@ -337,7 +337,9 @@ impl StorageDriver for S3Driver {
                 }
                 if let Some((tail, _)) = &st.tail {
                     // Bytes of the tail past `offset` are dropped.
-                    w.buffer.extend_from_slice(&self.read_prefix(tail, offset - parts).await?);
+                    let tail = self.read_prefix(tail, offset - parts).await?;
+                    w.buffer = BytesMut::with_capacity(self.cfg.chunk_size.max(tail.len()));
+                    w.buffer.extend_from_slice(&tail);
                 }
                 w.old_tail = st.tail.clone();
                 w.done_parts = st.parts.clone();
@@ -573,10 +575,20 @@ impl StorageWriter for S3Writer {
     async fn write(&mut self, chunks: Vec<Bytes>) -> Result<()> {
         for c in chunks {
             self.size += c.len() as u64;
-            self.buffer.extend_from_slice(&c);
-            while self.buffer.len() >= self.chunk_size {
-                let part = self.buffer.split_to(self.chunk_size).freeze();
-                self.send_part(part).await?;
+            let mut rest = &c[..];
+            while !rest.is_empty() {
+                // Each part gets an allocation of its own, exactly its size:
+                // a part in flight pins nothing else.
+                if self.buffer.capacity() == 0 {
+                    self.buffer = BytesMut::with_capacity(self.chunk_size);
+                }
+                let n = (self.chunk_size - self.buffer.len()).min(rest.len());
+                self.buffer.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                if self.buffer.len() == self.chunk_size {
+                    let part = std::mem::take(&mut self.buffer).freeze();
+                    self.send_part(part).await?;
+                }
             }
         }
         Ok(())
