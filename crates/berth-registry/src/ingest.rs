@@ -48,7 +48,7 @@ pub(crate) async fn ingest(
     // Hashing and writing each take batches from their own queue, so neither
     // waits for the other, and the body is read meanwhile.
     let (hash_tx, mut hash_rx) = mpsc::channel::<Vec<Bytes>>(QUEUE);
-    let (write_tx, mut write_rx) = mpsc::channel::<Vec<Bytes>>(QUEUE);
+    let (write_tx, mut write_rx) = mpsc::channel::<Option<Vec<Bytes>>>(QUEUE);
 
     let producer = async move {
         let mut batch = Vec::new();
@@ -56,7 +56,7 @@ pub(crate) async fn ingest(
         let mut total = 0u64;
         let send = async |batch: Vec<Bytes>| {
             // A closed queue means the writer stopped; its error is reported instead.
-            hash_tx.send(batch.clone()).await.is_ok() && write_tx.send(batch).await.is_ok()
+            hash_tx.send(batch.clone()).await.is_ok() && write_tx.send(Some(batch)).await.is_ok()
         };
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(RegistryError::BodyRead)?;
@@ -73,9 +73,15 @@ pub(crate) async fn ingest(
                 }
             }
         }
-        if !batch.is_empty() {
-            send(batch).await;
+        if let Some(l) = limit.filter(|&l| l != total) {
+            return Err(RegistryError::SizeInvalid(format!("expected {l} bytes, got {total}")));
         }
+        if !batch.is_empty() && !send(batch).await {
+            return Ok(total);
+        }
+        // Only a whole body is closed or committed: a writer that never sees
+        // the end is dropped, and leaves nothing a later writer would take.
+        let _ = write_tx.send(None).await;
         Ok(total)
     };
 
@@ -103,9 +109,17 @@ pub(crate) async fn ingest(
 
     let write = async move {
         let mut written = 0u64;
-        while let Some(batch) = write_rx.recv().await {
+        let mut complete = false;
+        while let Some(msg) = write_rx.recv().await {
+            let Some(batch) = msg else {
+                complete = true;
+                break;
+            };
             written += batch.iter().map(|b| b.len() as u64).sum::<u64>();
             writer.write(batch).await?;
+        }
+        if !complete {
+            return Err(RegistryError::Internal("body ended early".into()));
         }
         let left = if durable {
             writer.commit().await?;
@@ -117,8 +131,9 @@ pub(crate) async fn ingest(
     };
 
     let (produced, hashed, written) = tokio::join!(producer, hasher, write);
-    let (written, storage_state) = written?;
+    // The body's own failure first: the writer only saw it end early.
     let total = produced?;
+    let (written, storage_state) = written?;
     let state = hashed?;
     if total != written || state.len() != offset + written {
         return Err(RegistryError::Internal("body, hashed and stored lengths differ".into()));

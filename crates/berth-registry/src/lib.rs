@@ -391,7 +391,12 @@ impl Registry {
                 w.commit().await?;
             }
         }
-        // The data is committed whole at `path` now: nothing else to release.
+        // The data is committed whole at `path` now: nothing else to release,
+        // and the row must say so, or a retry after a failure below would
+        // continue the driver state the commit consumed.
+        if row.storage_state.is_some() {
+            self.inner.meta.advance_upload(&row.id, row.size, size as i64, &state.to_bytes(), None).await?;
+        }
         let actual = state.finish();
         if actual != *digest {
             self.remove_upload(repo, id, None).await?;

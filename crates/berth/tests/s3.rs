@@ -311,3 +311,65 @@ fn three_instances_share_one_bucket_and_postgres() {
         assert_eq!(m["layers"].as_array().map(Vec::len), Some(2));
     }
 }
+
+/// A chunk cut off mid-body leaves the upload where it was: the retried chunk
+/// continues from the same multipart upload and tail, and the blob is whole.
+#[test]
+fn an_interrupted_chunk_is_retried_on_garage() {
+    let Some(g) = Garage::start(1) else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Berth::start(&berth_on(&g, dir.path(), "retry", "  redirect:\n    disable: true\n"));
+    let base = b.url("");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let c = http_client();
+    let data = seeded_bytes(7, 9 << 20);
+    let digest = digest_of(&data);
+    let location = |r: &reqwest::Response| {
+        let l = r.headers()["location"].to_str().expect("Location").to_owned();
+        if l.starts_with("http") {
+            l
+        } else {
+            format!("{base}{l}")
+        }
+    };
+    rt.block_on(async {
+        let r = c.post(format!("{base}/v2/retry/app/blobs/uploads/")).send().await.expect("start");
+        assert_eq!(r.status(), 202);
+        let mut loc = location(&r);
+        let patch = |loc: String, from: usize, to: usize, body: reqwest::Body| {
+            c.patch(loc)
+                .header("content-type", "application/octet-stream")
+                .header("content-range", format!("{from}-{}", to - 1))
+                .header("content-length", (to - from).to_string())
+                .body(body)
+                .send()
+        };
+        // 3 MiB: less than a part, kept as a tail object.
+        let r = patch(loc.clone(), 0, 3 << 20, data[..3 << 20].to_vec().into()).await.expect("chunk 1");
+        assert_eq!(r.status(), 202);
+        loc = location(&r);
+        // The next chunk's body fails after 1 MiB.
+        let partial = data[3 << 20..4 << 20].to_vec();
+        let failing = futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>(bytes::Bytes::from(partial)),
+            Err(std::io::Error::other("client went away")),
+        ]);
+        let cut = patch(loc.clone(), 3 << 20, 6 << 20, reqwest::Body::wrap_stream(failing)).await;
+        assert!(cut.is_err() || cut.as_ref().is_ok_and(|r| r.status() != 202), "a cut chunk is not accepted");
+        let st = c.get(&loc).send().await.expect("status");
+        assert_eq!(st.headers()["range"], "0-3145727", "the upload stays at the first chunk");
+        // The retry and the rest complete the blob.
+        let r = patch(loc.clone(), 3 << 20, 6 << 20, data[3 << 20..6 << 20].to_vec().into()).await.expect("retry");
+        assert_eq!(r.status(), 202, "{:?}", r.text().await);
+        loc = location(&r);
+        let r = patch(loc.clone(), 6 << 20, 9 << 20, data[6 << 20..].to_vec().into()).await.expect("chunk 3");
+        assert_eq!(r.status(), 202);
+        loc = location(&r);
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let r = c.put(format!("{loc}{sep}digest={digest}")).send().await.expect("finish");
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        let got = c.get(format!("{base}/v2/retry/app/blobs/{digest}")).send().await.expect("get");
+        assert_eq!(got.status(), 200);
+        assert!(got.bytes().await.expect("body") == data, "blob reads back whole");
+    });
+}

@@ -93,11 +93,17 @@ struct Req<'a> {
     query: Vec<(&'static str, String)>,
     headers: Vec<(String, String)>,
     body: Bytes,
+    /// Whether sending it twice is harmless (not so for creating an upload).
+    retry: bool,
 }
 
 impl<'a> Req<'a> {
     fn new(method: Method, key: &'a str) -> Self {
-        Req { method, key: Some(key), query: Vec::new(), headers: Vec::new(), body: Bytes::new() }
+        Req { method, key: Some(key), query: Vec::new(), headers: Vec::new(), body: Bytes::new(), retry: true }
+    }
+    fn once(mut self) -> Self {
+        self.retry = false;
+        self
     }
     fn query(mut self, k: &'static str, v: impl Into<String>) -> Self {
         self.query.push((k, v.into()));
@@ -156,7 +162,8 @@ impl Client {
             format!("{}://{host}{path}{}{query}", self.cfg.endpoint.scheme(), if query.is_empty() { "" } else { "?" });
         let url = Url::parse(&url).map_err(|e| S3Error::Transport(format!("bad URL {url}: {e}")))?;
         let mut last = None;
-        for attempt in 0..ATTEMPTS {
+        let attempts = if req.retry { ATTEMPTS } else { 1 };
+        for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
@@ -384,7 +391,7 @@ impl Client {
     }
 
     pub async fn create_multipart(&self, key: &str, extra: &[(String, String)]) -> S3Result<String> {
-        let r = self.send(Req::new(Method::POST, key).query("uploads", "").headers(extra)).await?;
+        let r = self.send(Req::new(Method::POST, key).query("uploads", "").headers(extra).once()).await?;
         let text = r.text().await.map_err(|e| S3Error::Transport(e.to_string()))?;
         element(&text, "UploadId").ok_or_else(|| S3Error::Transport(format!("no UploadId in answer: {text}")))
     }
@@ -405,13 +412,15 @@ impl Client {
         source: &str,
         (first, last): (u64, u64),
     ) -> S3Result<String> {
-        let req = Req::new(Method::PUT, key)
-            .query("partNumber", n.to_string())
-            .query("uploadId", upload_id)
-            .header("x-amz-copy-source", self.copy_source(source))
-            .header("x-amz-copy-source-range", format!("bytes={first}-{last}"));
-        let text = self.send(req).await?.text().await.map_err(|e| S3Error::Transport(e.to_string()))?;
-        check_embedded_error(&text)?;
+        let text = self
+            .send_checked(|| {
+                Req::new(Method::PUT, key)
+                    .query("partNumber", n.to_string())
+                    .query("uploadId", upload_id)
+                    .header("x-amz-copy-source", self.copy_source(source))
+                    .header("x-amz-copy-source-range", format!("bytes={first}-{last}"))
+            })
+            .await?;
         element(&text, "ETag").ok_or_else(|| S3Error::Transport(format!("no ETag in copy answer: {text}")))
     }
 
@@ -421,10 +430,10 @@ impl Client {
             xml.push_str(&format!("<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>", xml_escape(etag)));
         }
         xml.push_str("</CompleteMultipartUpload>");
-        let req = Req::new(Method::POST, key).query("uploadId", upload_id).body(Bytes::from(xml));
-        let text = self.send(req).await?.text().await.map_err(|e| S3Error::Transport(e.to_string()))?;
+        let xml = Bytes::from(xml);
         // Errors can come with a 200 once the server started answering.
-        check_embedded_error(&text)
+        self.send_checked(|| Req::new(Method::POST, key).query("uploadId", upload_id).body(xml.clone())).await?;
+        Ok(())
     }
 
     pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> S3Result<()> {
@@ -435,9 +444,30 @@ impl Client {
     }
 
     pub async fn copy_object(&self, source: &str, key: &str, extra: &[(String, String)]) -> S3Result<()> {
-        let req = Req::new(Method::PUT, key).header("x-amz-copy-source", self.copy_source(source)).headers(extra);
-        let text = self.send(req).await?.text().await.map_err(|e| S3Error::Transport(e.to_string()))?;
-        check_embedded_error(&text)
+        self.send_checked(|| {
+            Req::new(Method::PUT, key).header("x-amz-copy-source", self.copy_source(source)).headers(extra)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sends a copy or completion, whose failure may come inside a 200 answer
+    /// (InternalError, SlowDown: to be retried like a 5xx); returns the body.
+    async fn send_checked<'k>(&self, req: impl Fn() -> Req<'k>) -> S3Result<String> {
+        let mut attempt = 0;
+        loop {
+            let text = self.send(req()).await?.text().await.map_err(|e| S3Error::Transport(e.to_string()))?;
+            match check_embedded_error(&text) {
+                Err(S3Error::Status { code, .. })
+                    if attempt + 1 < ATTEMPTS && (code == "InternalError" || code == "SlowDown") =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(text),
+            }
+        }
     }
 
     fn copy_source(&self, key: &str) -> String {
@@ -464,6 +494,8 @@ fn error_from(status: StatusCode, body: &str) -> S3Error {
     let code = element(body, "Code").unwrap_or_default();
     let message = element(body, "Message").unwrap_or_else(|| body.chars().take(200).collect());
     match status {
+        // A missing bucket is a configuration error, not a missing file.
+        StatusCode::NOT_FOUND if code == "NoSuchBucket" => S3Error::Status { status, code, message },
         StatusCode::NOT_FOUND => S3Error::NotFound(if code.is_empty() { "NoSuchKey".into() } else { code }),
         StatusCode::RANGE_NOT_SATISFIABLE => S3Error::RangeNotSatisfiable,
         _ if code == "NoSuchKey" || code == "NoSuchUpload" => S3Error::NotFound(code),

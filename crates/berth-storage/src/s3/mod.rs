@@ -27,6 +27,8 @@ use client::{Client, ClientConfig, S3Error};
 pub const MIN_CHUNK_SIZE: usize = 5 << 20;
 /// Parts uploaded at once by one writer.
 const PARTS_IN_FLIGHT: usize = 2;
+/// S3's limit of parts in one multipart upload.
+const MAX_PARTS: u32 = 10_000;
 /// Keys per DeleteObjects request.
 const DELETE_BATCH: usize = 1000;
 
@@ -291,16 +293,21 @@ impl StorageDriver for S3Driver {
             }
             Err(e) => return Err(not_found(e)),
         };
-        if let Some(l) = len {
-            // A range past the end is answered with what exists: refuse it.
-            let total = r
-                .headers()
-                .get(reqwest::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit('/').next())
-                .and_then(|t| t.parse::<u64>().ok());
-            match total {
-                Some(size) if offset + l > size => {
+        if range.is_some() {
+            // The range must have been honoured (206, from `offset`), and one
+            // past the end is answered with what exists: refuse that.
+            let content_range = r.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok());
+            let parsed = content_range.and_then(|v| {
+                let (span, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+                Some((span.split_once('-')?.0.parse::<u64>().ok()?, total.parse::<u64>().ok()?))
+            });
+            match parsed {
+                Some((first, _)) if r.status() != reqwest::StatusCode::PARTIAL_CONTENT || first != offset => {
+                    return Err(StorageError::Other(format!(
+                        "{path}: ranged read from {offset} answered from {first}"
+                    )));
+                }
+                Some((_, size)) if len.is_some_and(|l| offset + l > size) => {
                     return Err(StorageError::InvalidOffset { path: path.to_string(), offset, size });
                 }
                 Some(_) => {}
@@ -326,6 +333,7 @@ impl StorageDriver for S3Driver {
             size: offset,
             created_upload: false,
             finished: false,
+            prefix: None,
         };
         match state {
             Some(s) => {
@@ -347,8 +355,8 @@ impl StorageDriver for S3Driver {
             }
             None if offset == 0 => {}
             None => {
-                // Continue a complete object: its first `offset` bytes become
-                // parts (copied on the server) and the buffer.
+                // Continue a complete object: its first `offset` bytes are
+                // taken over when the writer first needs them.
                 let (size, _) = self
                     .client
                     .head_object(&key)
@@ -358,33 +366,7 @@ impl StorageDriver for S3Driver {
                 if size < offset {
                     return Err(StorageError::InvalidOffset { path: path.to_string(), offset, size });
                 }
-                let chunk = self.cfg.chunk_size as u64;
-                let whole = offset / chunk;
-                if whole > 0 {
-                    let upload =
-                        self.client.create_multipart(&key, &self.create_headers).await.map_err(|e| s3_err(&key, e))?;
-                    for i in 0..whole {
-                        let n = i as u32 + 1;
-                        let etag = self
-                            .client
-                            .upload_part_copy(&key, &upload, n, &key, (i * chunk, (i + 1) * chunk - 1))
-                            .await
-                            .map_err(|e| s3_err(&key, e))?;
-                        w.done_parts.push((n, etag, chunk));
-                    }
-                    w.state.upload = Some(upload);
-                    w.created_upload = true;
-                }
-                let rest = offset - whole * chunk;
-                if rest > 0 {
-                    let r = self
-                        .client
-                        .get_object(&key, Some((whole * chunk, Some(offset - 1))))
-                        .await
-                        .map_err(|e| s3_err(&key, e))?;
-                    w.buffer
-                        .extend_from_slice(&r.bytes().await.map_err(|e| StorageError::Other(format!("{key}: {e}")))?);
-                }
+                w.prefix = Some((offset, size));
             }
         }
         Ok(Box::new(w))
@@ -494,6 +476,9 @@ struct S3Writer {
     /// aborted if it is dropped unfinished).
     created_upload: bool,
     finished: bool,
+    /// Bytes of the whole object at the path this writer continues, and the
+    /// object's size, until they are taken over.
+    prefix: Option<(u64, u64)>,
 }
 
 impl Drop for S3Writer {
@@ -515,6 +500,42 @@ impl Drop for S3Writer {
 }
 
 impl S3Writer {
+    /// Takes over the first bytes of the existing object: whole chunks are
+    /// copied on the server as parts, the rest is read into the buffer.
+    async fn take_prefix(&mut self) -> Result<()> {
+        let Some((offset, _)) = self.prefix.take() else { return Ok(()) };
+        let chunk = self.chunk_size as u64;
+        let whole = offset / chunk;
+        if whole > 0 {
+            self.upload_id().await?;
+            let upload = self.state.upload.clone().unwrap_or_default();
+            for i in 0..whole {
+                let n = i as u32 + 1;
+                let etag = self
+                    .client
+                    .upload_part_copy(&self.key, &upload, n, &self.key, (i * chunk, (i + 1) * chunk - 1))
+                    .await
+                    .map_err(|e| s3_err(&self.key, e))?;
+                self.done_parts.push((n, etag, chunk));
+            }
+        }
+        let rest = offset - whole * chunk;
+        if rest > 0 {
+            let r = self
+                .client
+                .get_object(&self.key, Some((whole * chunk, Some(offset - 1))))
+                .await
+                .map_err(|e| s3_err(&self.key, e))?;
+            let data = r.bytes().await.map_err(|e| StorageError::Other(format!("{}: {e}", self.key)))?;
+            if data.len() as u64 != rest {
+                return Err(StorageError::Other(format!("{}: read {} bytes, expected {rest}", self.key, data.len())));
+            }
+            self.buffer = BytesMut::with_capacity(self.chunk_size);
+            self.buffer.extend_from_slice(&data);
+        }
+        Ok(())
+    }
+
     fn next_part_number(&self) -> u32 {
         (self.done_parts.len() + self.in_flight.len()) as u32 + 1
     }
@@ -544,6 +565,12 @@ impl S3Writer {
         }
         let upload = self.upload_id().await?;
         let n = self.next_part_number();
+        if n > MAX_PARTS {
+            return Err(StorageError::Other(format!(
+                "{}: more than {MAX_PARTS} parts: raise storage.s3.chunksize for blobs this large",
+                self.key
+            )));
+        }
         let (client, key) = (self.client.clone(), self.key.clone());
         self.in_flight.spawn(async move {
             let len = data.len() as u64;
@@ -573,6 +600,7 @@ impl S3Writer {
 #[async_trait]
 impl StorageWriter for S3Writer {
     async fn write(&mut self, chunks: Vec<Bytes>) -> Result<()> {
+        self.take_prefix().await?;
         for c in chunks {
             self.size += c.len() as u64;
             let mut rest = &c[..];
@@ -595,6 +623,14 @@ impl StorageWriter for S3Writer {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<u64> {
+        if let Some((offset, size)) = self.prefix {
+            if offset == size {
+                // The object is whole already, and nothing was added.
+                self.finished = true;
+                return Ok(size);
+            }
+        }
+        self.take_prefix().await?;
         self.finish_parts().await?;
         let last = self.buffer.split().freeze();
         match self.state.upload.clone() {
@@ -616,6 +652,7 @@ impl StorageWriter for S3Writer {
     }
 
     async fn close(mut self: Box<Self>) -> Result<Written> {
+        self.take_prefix().await?;
         // What can be a part (S3's minimum, not a whole chunksize) becomes one,
         // so chunks of 5 MiB or more never pass through a tail object.
         if self.buffer.len() >= MIN_CHUNK_SIZE {
@@ -631,8 +668,9 @@ impl StorageWriter for S3Writer {
             self.client.put_object(&tail, data, &[]).await.map_err(|e| s3_err(&tail, e))?;
             state.tail = Some((tail, len));
         }
+        // The tail this writer started from stays until the upload's
+        // directory goes: the caller may still keep the state naming it.
         self.finished = true;
-        self.drop_old_tail().await;
         let state = serde_json::to_string(&state).map_err(|e| StorageError::Other(e.to_string()))?;
         Ok(Written { size: self.size, state: Some(state) })
     }
