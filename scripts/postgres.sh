@@ -8,8 +8,10 @@
 #
 # Only the URL goes to stdout (postgres://postgres@127.0.0.1:PORT/postgres),
 # so `BERTH_TEST_POSTGRES_URL=$(scripts/postgres.sh start)` works. Everything
-# lives under ${BERTH_POSTGRES_DIR:-<repo>/target/postgres}: data/, the socket
-# directory, the port and the server log. Authentication is `trust` and the
+# (data/, the socket directory, the port and the server log) lives under
+# $BERTH_POSTGRES_DIR, else <repo>/target/postgres; as root, else under
+# /var/tmp/berth-postgres-<checksum of the checkout's path>, which the
+# postgres user can enter whatever the checkout's permissions. Authentication is `trust` and the
 # server runs without fsync: it holds nothing worth keeping. Run as root, the
 # server runs as the `postgres` user (PostgreSQL refuses to run as root).
 #
@@ -18,7 +20,16 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-root=${BERTH_POSTGRES_DIR:-$repo/target/postgres}
+if [ -n "${BERTH_POSTGRES_DIR:-}" ]; then
+  root=$BERTH_POSTGRES_DIR
+elif [ "$(id -u)" = 0 ]; then
+  # The server then runs as postgres, which may not be able to enter the
+  # checkout (a 0700 home or temporary directory): one directory per
+  # checkout under /var/tmp instead.
+  root=/var/tmp/berth-postgres-$(printf %s "$repo" | cksum | cut -d' ' -f1)
+else
+  root=$repo/target/postgres
+fi
 data=$root/data
 sock=$root/run
 log=$root/server.log

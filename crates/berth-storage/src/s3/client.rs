@@ -642,6 +642,32 @@ mod tests {
     }
 
     #[test]
+    fn addressing_styles_and_presigned_urls() {
+        let client = |path_style| {
+            Client::new(ClientConfig {
+                endpoint: Url::parse("http://127.0.0.1:3900").unwrap(),
+                region: "garage".into(),
+                bucket: "reg".into(),
+                access_key: "AK".into(),
+                secret_key: "SK".into(),
+                session_token: None,
+                path_style,
+                skip_verify: false,
+                user_agent: "berth-test".into(),
+            })
+            .unwrap()
+        };
+        assert_eq!(client(true).location(Some("a b/c")), ("127.0.0.1:3900".into(), "/reg/a%20b/c".into()));
+        assert_eq!(client(false).location(Some("k")), ("reg.127.0.0.1:3900".into(), "/k".into()));
+        let u = client(true).presign_get("docker/x", Duration::from_secs(1200));
+        let prefix = "http://127.0.0.1:3900/reg/docker/x?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AK%2F";
+        assert!(u.starts_with(prefix), "{u}");
+        assert!(u.contains("%2Fgarage%2Fs3%2Faws4_request&") && u.contains("&X-Amz-Expires=1200&"), "{u}");
+        let sig = u.rsplit_once("&X-Amz-Signature=").map(|(_, s)| s).unwrap_or_default();
+        assert!(sig.len() == 64 && sig.bytes().all(|b| b.is_ascii_hexdigit()), "{u}");
+    }
+
+    #[test]
     fn xml_extraction_and_escaping() {
         let x = "<ListBucketResult><Prefix>a/</Prefix><Contents><Key>a/b&amp;c</Key><Size>5</Size></Contents>\
                  <CommonPrefixes><Prefix>a/d/</Prefix></CommonPrefixes><IsTruncated>false</IsTruncated></ListBucketResult>";

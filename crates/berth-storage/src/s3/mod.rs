@@ -218,6 +218,15 @@ impl S3Driver {
         done
     }
 
+    /// The size of the object at `path`.
+    async fn object_size(&self, path: &StoragePath) -> Result<u64> {
+        match self.client.head_object(&self.key(path)).await {
+            Ok(Some((size, _))) => Ok(size),
+            Ok(None) => Err(StorageError::NotFound(path.as_str().to_owned())),
+            Err(e) => Err(s3_err(path.as_str(), e)),
+        }
+    }
+
     /// The first `len` bytes of the object at `key`, read into memory.
     async fn read_prefix(&self, key: &str, len: u64) -> Result<Bytes> {
         if len == 0 {
@@ -265,12 +274,7 @@ impl StorageDriver for S3Driver {
         let not_found = |e| s3_err(path.as_str(), e);
         let empty = || -> ByteStream { Box::pin(futures_util::stream::empty()) };
         if len == Some(0) {
-            let (size, _) = self
-                .client
-                .head_object(&key)
-                .await
-                .map_err(not_found)?
-                .ok_or_else(|| StorageError::NotFound(path.as_str().to_owned()))?;
+            let size = self.object_size(path).await?;
             if offset > size {
                 return Err(StorageError::InvalidOffset { path: path.to_string(), offset, size });
             }
@@ -280,12 +284,7 @@ impl StorageDriver for S3Driver {
         let r = match self.client.get_object(&key, range).await {
             Ok(r) => r,
             Err(S3Error::RangeNotSatisfiable) => {
-                let (size, _) = self
-                    .client
-                    .head_object(&key)
-                    .await
-                    .map_err(not_found)?
-                    .ok_or_else(|| StorageError::NotFound(path.as_str().to_owned()))?;
+                let size = self.object_size(path).await?;
                 if offset == size && len.is_none() {
                     return Ok(empty());
                 }
@@ -357,12 +356,7 @@ impl StorageDriver for S3Driver {
             None => {
                 // Continue a complete object: its first `offset` bytes are
                 // taken over when the writer first needs them.
-                let (size, _) = self
-                    .client
-                    .head_object(&key)
-                    .await
-                    .map_err(|e| s3_err(path.as_str(), e))?
-                    .ok_or_else(|| StorageError::NotFound(path.as_str().to_owned()))?;
+                let size = self.object_size(path).await?;
                 if size < offset {
                     return Err(StorageError::InvalidOffset { path: path.to_string(), offset, size });
                 }
@@ -431,12 +425,7 @@ impl StorageDriver for S3Driver {
 
     async fn rename(&self, from: &StoragePath, to: &StoragePath) -> Result<()> {
         let (src, dst) = (self.key(from), self.key(to));
-        let (size, _) = self
-            .client
-            .head_object(&src)
-            .await
-            .map_err(|e| s3_err(from.as_str(), e))?
-            .ok_or_else(|| StorageError::NotFound(from.as_str().to_owned()))?;
+        let size = self.object_size(from).await?;
         self.copy(&src, &dst, size).await?;
         self.client.delete_object(&src).await.map_err(|e| s3_err(from.as_str(), e))
     }

@@ -139,6 +139,23 @@ fn endpoint_url(key: &str, endpoint: &str, secure: bool) -> Result<String> {
     Ok(url)
 }
 
+/// A part size within S3's limits.
+fn part_size(key: &str, value: Option<u64>, default: u64) -> Result<u64> {
+    let n = value.unwrap_or(default);
+    if n < MIN_CHUNK_SIZE as u64 || n > 5 << 30 {
+        bail!("{key}: {n} is outside {MIN_CHUNK_SIZE}..=5GiB (S3's part sizes)");
+    }
+    Ok(n)
+}
+
+/// A key that must be set and not empty.
+fn required(key: &str, value: &Option<String>, what: &str) -> Result<String> {
+    match value.as_deref() {
+        Some(v) if !v.is_empty() => Ok(v.to_owned()),
+        _ => bail!("{key}: {what}"),
+    }
+}
+
 fn root_prefix(root: Option<&str>) -> String {
     root.unwrap_or_default().trim_matches('/').to_owned()
 }
@@ -155,12 +172,8 @@ impl S3Section {
     /// The driver configuration; `env` supplies the AWS_* credentials when
     /// the keys are not in the file.
     pub fn driver_config(&self, redirect: bool, env: &dyn Fn(&str) -> Option<String>) -> Result<S3Config> {
-        let Some(bucket) = self.bucket.clone().filter(|b| !b.is_empty()) else {
-            bail!("storage.s3.bucket: a bucket is required");
-        };
-        let Some(region) = self.region.clone().filter(|r| !r.is_empty()) else {
-            bail!("storage.s3.region: a region is required (for Garage: its s3_region)");
-        };
+        let bucket = required("storage.s3.bucket", &self.bucket, "a bucket is required")?;
+        let region = required("storage.s3.region", &self.region, "a region is required (for Garage: its s3_region)")?;
         if self.accelerate == Some(true) || self.usedualstack == Some(true) {
             bail!("storage.s3: accelerate and usedualstack endpoints are not derived: set regionendpoint to the endpoint to use");
         }
@@ -177,14 +190,8 @@ impl S3Section {
         let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
             bail!("storage.s3: accesskey and secretkey are required (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)");
         };
-        let chunk_size = self.chunksize.unwrap_or(10 << 20);
-        if chunk_size < MIN_CHUNK_SIZE as u64 || chunk_size > 5 << 30 {
-            bail!("storage.s3.chunksize: {chunk_size} is outside {MIN_CHUNK_SIZE}..=5GiB (S3's part sizes)");
-        }
-        let copy_chunk = self.multipartcopychunksize.unwrap_or(32 << 20);
-        if copy_chunk < MIN_CHUNK_SIZE as u64 || copy_chunk > 5 << 30 {
-            bail!("storage.s3.multipartcopychunksize: {copy_chunk} is outside {MIN_CHUNK_SIZE}..=5GiB");
-        }
+        let chunk_size = part_size("storage.s3.chunksize", self.chunksize, 10 << 20)?;
+        let copy_chunk = part_size("storage.s3.multipartcopychunksize", self.multipartcopychunksize, 32 << 20)?;
         let copy_threshold = self.multipartcopythresholdsize.unwrap_or(32 << 20).min(5 << 30);
         let copy_concurrency = self.multipartcopymaxconcurrency.unwrap_or(100).clamp(1, 1000) as usize;
         let storage_class = match self.storageclass.as_deref() {
@@ -223,12 +230,8 @@ impl OssSection {
     /// OSS through its S3-compatible API: virtual-hosted bucket addressing
     /// at `endpoint`, server-side encryption as S3 asks for it.
     pub fn driver_config(&self, redirect: bool, env: &dyn Fn(&str) -> Option<String>) -> Result<S3Config> {
-        let Some(bucket) = self.bucket.clone().filter(|b| !b.is_empty()) else {
-            bail!("storage.oss.bucket: a bucket is required");
-        };
-        let Some(region) = self.region.clone().filter(|r| !r.is_empty()) else {
-            bail!("storage.oss.region: a region is required");
-        };
+        let bucket = required("storage.oss.bucket", &self.bucket, "a bucket is required")?;
+        let region = required("storage.oss.region", &self.region, "a region is required")?;
         let Some(endpoint) = self.endpoint.as_deref() else {
             bail!("storage.oss.endpoint: the OSS endpoint (its S3-compatible host) is required");
         };
@@ -241,10 +244,7 @@ impl OssSection {
         let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
             bail!("storage.oss: accesskeyid and accesskeysecret are required");
         };
-        let chunk_size = self.chunksize.unwrap_or(10 << 20);
-        if chunk_size < MIN_CHUNK_SIZE as u64 || chunk_size > 5 << 30 {
-            bail!("storage.oss.chunksize: {chunk_size} is outside {MIN_CHUNK_SIZE}..=5GiB");
-        }
+        let chunk_size = part_size("storage.oss.chunksize", self.chunksize, 10 << 20)?;
         Ok(S3Config {
             endpoint,
             region,
