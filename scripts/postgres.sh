@@ -11,7 +11,8 @@
 # (data/, the socket directory, the port and the server log) lives under
 # $BERTH_POSTGRES_DIR, else <repo>/target/postgres; as root, else under
 # /var/tmp/berth-postgres-<checksum of the checkout's path>, which the
-# postgres user can enter whatever the checkout's permissions. Authentication is `trust` and the
+# postgres user can enter whatever the checkout's permissions. Authentication is `trust`, TLS is on
+# (a self-signed certificate, for sslmode=require), and the
 # server runs without fsync: it holds nothing worth keeping. Run as root, the
 # server runs as the `postgres` user (PostgreSQL refuses to run as root).
 #
@@ -48,7 +49,7 @@ bindir() {
 # Runs a PostgreSQL program as the owner of the cluster.
 as_owner() {
   if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- "$@"
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi
@@ -95,13 +96,21 @@ start() {
     as_owner "$bin/initdb" -D "$data" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 >"$root/initdb.log" 2>&1 ||
       die "initdb failed; see $root/initdb.log"
   fi
+  # TLS with a self-signed certificate, so clients can be tested with
+  # sslmode=require (PostgreSQL wants the key readable by its owner only).
+  if [ ! -f "$root/server.key" ]; then
+    openssl req -new -x509 -days 3650 -nodes -subj /CN=127.0.0.1 \
+      -keyout "$root/server.key" -out "$root/server.crt" >/dev/null 2>&1 || die "openssl could not make a certificate"
+    chmod 600 "$root/server.key"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$root/server.key" "$root/server.crt"; fi
+  fi
   port=$(free_port)
   echo "$port" >"$portfile"
   say "starting on 127.0.0.1:$port (log: $log)"
   : >"$log"
   if [ "$(id -u)" = 0 ]; then chown postgres: "$log"; fi
   as_owner "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $sock -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $sock -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c ssl=on -c ssl_cert_file=$root/server.crt -c ssl_key_file=$root/server.key" \
     start >/dev/null 9>&- || { tail -n 20 "$log" >&2; die "the server did not start"; }
   url
 }

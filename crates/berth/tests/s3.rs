@@ -225,7 +225,8 @@ fn postgres_database() -> Option<String> {
     let name = format!("berth_e2e_{}", uuid_like().replace('-', "_"));
     run(Command::new("psql").args([url.as_str(), "-q", "-c", &format!("CREATE DATABASE {name}")]));
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
-    Some(format!("{base}/{name}"))
+    // Over TLS: scripts/postgres.sh serves it with a self-signed certificate.
+    Some(format!("{base}/{name}?sslmode=require"))
 }
 
 /// Three instances on one bucket and one PostgreSQL database: the chunks of
