@@ -24,6 +24,7 @@ fn driver_config(g: &Garage, root: &str) -> S3Config {
         root: root.to_owned(),
         path_style: true,
         skip_verify: false,
+        ca_bundle: None,
         chunk_size: berth_storage::s3::MIN_CHUNK_SIZE,
         copy_threshold: 6 << 20,
         copy_chunk_size: 5 << 20,
@@ -45,6 +46,19 @@ async fn driver_suite_on_garage() {
     // The same suite at the bucket's root.
     let d = S3Driver::new(driver_config(&g, "")).expect("driver");
     berth_storage::conformance::run_all(&d).await;
+    // A private CA (AWS_CA_BUNDLE's PEM) is taken; a file without one is refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, cert) = (dir.path().join("ca.key"), dir.path().join("ca.pem"));
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=berth-test-ca", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    let pem = std::fs::read(&cert).expect("ca.pem");
+    let d = S3Driver::new(S3Config { ca_bundle: Some(pem), ..driver_config(&g, "ca") }).expect("driver with a CA");
+    d.check().await.expect("bucket answers");
+    let e = S3Driver::new(S3Config { ca_bundle: Some(b"no certificate".to_vec()), ..driver_config(&g, "ca") });
+    assert!(e.err().expect("refused").to_string().contains("CA bundle"));
     // Wrong credentials are a clear error, not a hang.
     let bad = S3Driver::new(S3Config { secret_key: "wrong".into(), ..driver_config(&g, "x") }).expect("driver");
     let e = bad.check().await.expect_err("wrong secret refused").to_string();

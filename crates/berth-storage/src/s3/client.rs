@@ -25,6 +25,8 @@ pub(crate) struct ClientConfig {
     pub session_token: Option<String>,
     pub path_style: bool,
     pub skip_verify: bool,
+    /// PEM certificates trusted besides the built-in roots.
+    pub ca_bundle: Option<Vec<u8>>,
     pub user_agent: String,
 }
 
@@ -125,7 +127,18 @@ impl<'a> Req<'a> {
 
 impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &cfg.ca_bundle {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("the CA bundle holds no usable certificate: {e}"))?;
+            if certs.is_empty() {
+                return Err("the CA bundle holds no certificate".into());
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .danger_accept_invalid_certs(cfg.skip_verify)
             .user_agent(cfg.user_agent.clone())
             .pool_max_idle_per_host(64)
@@ -653,6 +666,7 @@ mod tests {
                 session_token: None,
                 path_style,
                 skip_verify: false,
+                ca_bundle: None,
                 user_agent: "berth-test".into(),
             })
             .unwrap()

@@ -46,6 +46,8 @@ pub struct S3Config {
     pub root: String,
     pub path_style: bool,
     pub skip_verify: bool,
+    /// PEM certificates to trust besides the built-in roots (a private CA).
+    pub ca_bundle: Option<Vec<u8>>,
     /// Part size of multipart uploads (at least [`MIN_CHUNK_SIZE`]).
     pub chunk_size: usize,
     /// Objects larger than this are copied in parts of `copy_chunk_size`.
@@ -116,6 +118,7 @@ impl S3Driver {
             session_token: cfg.session_token.clone(),
             path_style: cfg.path_style,
             skip_verify: cfg.skip_verify,
+            ca_bundle: cfg.ca_bundle.clone(),
             user_agent: cfg.user_agent.clone(),
         })
         .map_err(StorageError::Other)?;

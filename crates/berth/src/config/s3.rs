@@ -139,6 +139,17 @@ fn endpoint_url(key: &str, endpoint: &str, secure: bool) -> Result<String> {
     Ok(url)
 }
 
+/// The certificates of `AWS_CA_BUNDLE`, as AWS's SDKs (and so distribution)
+/// read them: a private CA of an on-premises store.
+fn ca_bundle(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Vec<u8>>> {
+    match env("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) {
+        // Validation at load time passes a placeholder for every variable.
+        Some(p) if p.starts_with('<') => Ok(None),
+        Some(p) => std::fs::read(&p).map(Some).map_err(|e| anyhow::anyhow!("AWS_CA_BUNDLE: reading {p}: {e}")),
+        None => Ok(None),
+    }
+}
+
 /// A part size within S3's limits.
 fn part_size(key: &str, value: Option<u64>, default: u64) -> Result<u64> {
     let n = value.unwrap_or(default);
@@ -213,6 +224,7 @@ impl S3Section {
             root: root_prefix(self.rootdirectory.as_deref()),
             path_style: self.forcepathstyle.unwrap_or(false),
             skip_verify: self.skipverify.unwrap_or(false),
+            ca_bundle: ca_bundle(env)?,
             chunk_size: chunk_size as usize,
             copy_threshold,
             copy_chunk_size: copy_chunk,
@@ -255,6 +267,7 @@ impl OssSection {
             root: root_prefix(self.rootdirectory.as_deref()),
             path_style: false,
             skip_verify: false,
+            ca_bundle: ca_bundle(env)?,
             chunk_size: chunk_size as usize,
             copy_threshold: 32 << 20,
             copy_chunk_size: 32 << 20,
@@ -316,6 +329,9 @@ mod tests {
         );
         let e = s.driver_config(false, &no_env).unwrap_err().to_string();
         assert!(e.contains("accesskey"), "{e}");
+        let missing_ca = |k: &str| if k == "AWS_CA_BUNDLE" { Some("/nonexistent/ca.pem".to_owned()) } else { env(k) };
+        let e = s.driver_config(false, &missing_ca).unwrap_err().to_string();
+        assert!(e.starts_with("AWS_CA_BUNDLE: reading /nonexistent/ca.pem"), "{e}");
     }
 
     #[test]
