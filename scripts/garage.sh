@@ -62,10 +62,12 @@ start_node() { # N
   echo $! >"$nd/pid"
 }
 
-wait_rpc() { # N: until the node answers its CLI
-  local i
-  for i in $(seq 1 100); do
-    if garage_cli "$1" node id -q >/dev/null 2>&1; then return 0; fi
+wait_rpc() { # N: until the node's server answers over RPC (`node id` alone reads a local file)
+  local i pid
+  for i in $(seq 1 150); do
+    if garage_cli "$1" status >/dev/null 2>&1; then return 0; fi
+    pid=$(cat "$(node_dir "$1")/pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then break; fi
     sleep 0.2
   done
   say "node $1 did not start; its log:"; tail -n 30 "$(node_dir "$1")/garage.log" >&2

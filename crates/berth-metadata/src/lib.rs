@@ -150,7 +150,20 @@ pub struct Metadata {
     uploads: AnyPool,
     backend: Backend,
     cache: Arc<Cache>,
+    /// PostgreSQL: connections that hold repository locks (see
+    /// [`Metadata::lock_repository`]), apart from the pool the holders query
+    /// through, so holders never wait on each other for a connection.
+    locks: Option<AnyPool>,
 }
+
+/// A repository locked across every instance sharing the database, until
+/// dropped (its transaction then rolls back, releasing the lock).
+pub struct RepositoryLock {
+    _tx: Option<Transaction<'static, Any>>,
+}
+
+/// First key of repository advisory locks (the second is the name's hash).
+const REPOSITORY_LOCK_SPACE: i32 = 0x6265_7274;
 
 /// Listings longer than this are not cached, but paged from the database.
 const MAX_CACHED_LIST: i64 = 100_000;
@@ -212,6 +225,7 @@ impl Metadata {
             write,
             backend: Backend::Sqlite,
             cache: Arc::new(Cache::new(true)),
+            locks: None,
         };
         migrate(&mut *md.write.acquire().await?, SQLITE_MIGRATIONS).await?;
         let read = AnyPoolOptions::new().max_connections(8).after_connect(setup).connect_with(opts.clone()).await?;
@@ -236,7 +250,7 @@ impl Metadata {
             conn.close().await?;
             created
         };
-        let pool = AnyPoolOptions::new().max_connections(max_connections.max(1)).connect_with(opts).await?;
+        let pool = AnyPoolOptions::new().max_connections(max_connections.max(1)).connect_with(opts.clone()).await?;
         let md = Metadata {
             read: pool.clone(),
             uploads: pool.clone(),
@@ -244,6 +258,9 @@ impl Metadata {
             backend: Backend::Postgres,
             // Other instances write too: a cached read could be stale.
             cache: Arc::new(Cache::new(false)),
+            locks: Some(
+                AnyPoolOptions::new().max_connections((max_connections / 2).clamp(2, 16)).connect_with(opts).await?,
+            ),
         };
         Ok((md, created))
     }
@@ -259,7 +276,24 @@ impl Metadata {
         })
     }
 
+    /// Locks `repo` for changes whose storage links and rows must agree
+    /// (tags, manifest deletion, repository deletion) across all instances.
+    /// With SQLite the process is the only writer and its own locks suffice.
+    pub async fn lock_repository(&self, repo: &str) -> Result<RepositoryLock> {
+        let Some(pool) = &self.locks else { return Ok(RepositoryLock { _tx: None }) };
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(REPOSITORY_LOCK_SPACE)
+            .bind(repo)
+            .execute(&mut *tx)
+            .await?;
+        Ok(RepositoryLock { _tx: Some(tx) })
+    }
+
     pub async fn close(&self) {
+        if let Some(l) = &self.locks {
+            l.close().await;
+        }
         self.read.close().await;
         self.uploads.close().await;
         self.write.close().await;

@@ -596,7 +596,7 @@ impl Registry {
         // Links and rows of a repository change together, under its lock:
         // concurrent pushes of one tag, and collection of untagged manifests,
         // must leave storage and metadata naming the same manifests.
-        let _lock = self.inner.repo_locks.lock(repo.clone()).await;
+        let _lock = self.lock_repository(repo).await?;
         storage.put_content(&layout::revision_link(repo, &digest), layout::link_content(&digest)).await?;
         if let Some(t) = tag {
             storage.put_content(&layout::tag_index_link(repo, t, &digest), layout::link_content(&digest)).await?;
@@ -610,6 +610,17 @@ impl Registry {
             }
         }
         Ok(PutManifestResult { digest, subject: info.subject.map(|s| s.digest) })
+    }
+
+    /// Locks a repository's links and rows: within the process, then across
+    /// the instances sharing the database.
+    pub(crate) async fn lock_repository(
+        &self,
+        repo: &RepoName,
+    ) -> Result<(locks::KeyGuard<RepoName>, berth_metadata::RepositoryLock)> {
+        let local = self.inner.repo_locks.lock(repo.clone()).await;
+        let shared = self.inner.meta.lock_repository(repo.as_str()).await?;
+        Ok((local, shared))
     }
 
     async fn check_references(&self, repo: &RepoName, m: &NewManifest<'_>) -> Result<()> {
@@ -630,7 +641,7 @@ impl Registry {
     /// deleting by tag removes only the tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.check_delete()?;
-        let _tags = self.inner.repo_locks.lock(repo.clone()).await;
+        let _tags = self.lock_repository(repo).await?;
         let storage = &self.inner.storage;
         match reference {
             Reference::Tag(t) => {

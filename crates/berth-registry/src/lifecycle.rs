@@ -240,7 +240,7 @@ impl Registry {
         drop_referrers: bool,
         dry_run: bool,
     ) -> Result<Vec<String>> {
-        let _lock = self.inner.repo_locks.lock(repo.clone()).await;
+        let _lock = self.lock_repository(repo).await?;
         let g = self.inner.meta.repository_graph(repo.as_str()).await?;
         let tagged: HashSet<String> = g.tags.iter().map(|t| t.digest.clone()).collect();
         let kept = kept_manifests(&g, &tagged, drop_referrers);
@@ -278,7 +278,7 @@ impl Registry {
                 continue;
             };
             let doomed = {
-                let _lock = self.inner.repo_locks.lock(repo.clone()).await;
+                let _lock = self.lock_repository(&repo).await?;
                 let g = self.inner.meta.repository_graph(repo.as_str()).await?;
                 let mut tags = g.tags.clone();
                 tags.sort_by(|a, b| b.pushed_at.cmp(&a.pushed_at).then_with(|| a.name.cmp(&b.name)));
@@ -368,7 +368,7 @@ impl Registry {
     /// metadata and in storage. Blobs are left to garbage collection.
     pub async fn delete_repository(&self, repo: &RepoName) -> Result<()> {
         self.check_delete()?;
-        let _lock = self.inner.repo_locks.lock(repo.clone()).await;
+        let _lock = self.lock_repository(repo).await?;
         if !self.inner.meta.delete_repository(repo.as_str()).await? {
             return Err(RegistryError::NameUnknown);
         }

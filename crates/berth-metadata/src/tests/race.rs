@@ -333,3 +333,26 @@ async fn writes_wait_for_a_collection_batch_and_then_see_the_blob_gone() {
     assert_eq!(other.get_manifest("r", M1).await.unwrap(), None);
     other.close().await;
 }
+
+/// A repository locked by one instance makes another wait for the same
+/// repository (not for others) until the first lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repository_locks_hold_across_instances() {
+    let Some(db) = db::postgres("repository_locks_hold_across_instances").await else { return };
+    let (other, _) = Metadata::open_postgres(db.url.as_deref().unwrap(), 4).await.unwrap();
+    let held = db.md.lock_repository("team/app").await.unwrap();
+    let waiting = {
+        let other = other.clone();
+        tokio::spawn(async move { other.lock_repository("team/app").await.map(|_| ()) })
+    };
+    let elsewhere = other.lock_repository("team/other").await.unwrap();
+    drop(elsewhere);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a second instance locked a repository another holds");
+    drop(held);
+    tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .expect("the lock is released when its holder drops it")
+        .unwrap()
+        .unwrap();
+}
