@@ -132,8 +132,9 @@ pub(crate) fn lock_store(cfg: &Config) -> Result<Option<Result<std::fs::File, ()
 }
 
 pub(crate) async fn build(cfg: &Config, mode: Mode) -> Result<Built> {
-    let object_store = cfg.object_store(&|k| std::env::var(k).ok())?;
-    let (storage, scratch): (Arc<dyn StorageDriver>, _) = if let Some(s3) = object_store {
+    let env = |k: &str| std::env::var(k).ok();
+    let (storage, scratch): (Arc<dyn StorageDriver>, _) = if let Some(mut s3) = cfg.object_store(&env)? {
+        s3.ca_bundle = crate::config::ca_bundle(&env)?;
         let (bucket, endpoint) = (s3.bucket.clone(), s3.endpoint.clone());
         let d = S3Driver::new(s3).context("configuring the S3 driver")?;
         d.check().await.with_context(|| format!("reaching bucket {bucket} at {endpoint}"))?;

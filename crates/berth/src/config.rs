@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use serde_yaml_ng::{Mapping, Value};
 
 mod s3;
-pub use s3::{OssSection, S3Section};
+pub use s3::{ca_bundle, OssSection, S3Section};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
