@@ -6,6 +6,7 @@
 #   bench/run.sh            full run (about 20 minutes on 2 cores, half of it gc)
 #   bench/run.sh --quick    a short run
 #   bench/run.sh --only requests,listing
+#   bench/run.sh --only s3  both on one single-node Garage (scripts/garage.sh)
 #
 # Prints a table (markdown on stdout, progress on stderr) and writes
 # target/bench/results.json. Not part of the test suite.
