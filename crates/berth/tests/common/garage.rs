@@ -36,7 +36,14 @@ impl Garage {
                 String::from_utf8_lossy(&probe.stderr)
             );
         }
-        let out = run(Command::new(script()).arg("start").arg(dir.path()).arg(nodes.to_string()));
+        let started = Command::new(script()).arg("start").arg(dir.path()).arg(nodes.to_string()).output();
+        let started = started.expect("run garage.sh start");
+        if !started.status.success() {
+            // Nodes that did start must not outlive the test.
+            let _ = Command::new(script()).arg("stop").arg(dir.path()).output();
+            panic!("garage.sh start failed: {}", String::from_utf8_lossy(&started.stderr));
+        }
+        let out = String::from_utf8_lossy(&started.stdout).into_owned();
         let get = |k: &str| {
             out.lines()
                 .find_map(|l| l.strip_prefix(&format!("{k}=")))
