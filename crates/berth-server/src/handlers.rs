@@ -469,10 +469,9 @@ impl Ctx<'_> {
     async fn get_blob(&self, name: &RepoName, digest: &Digest, with_body: bool) -> ApiResult {
         let info = self.registry().stat_blob(name, digest).await?;
         let size = info.size;
-        let redirect = if with_body { self.registry().blob_redirect_url(digest) } else { None };
         let mut r = if etag_matches(self.headers, digest) {
             not_modified(size)
-        } else if let Some(url) = redirect {
+        } else if let Some(url) = with_body.then(|| self.registry().blob_redirect_url(digest)).flatten() {
             // The object store serves the bytes (and any Range) itself.
             let mut r = empty(StatusCode::TEMPORARY_REDIRECT);
             set(r.headers_mut(), header::LOCATION, &url);

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::push::{digest_of, seeded_bytes as bytes, OCI_MANIFEST};
+use common::push::{digest_of, put_manifest, seeded_bytes as bytes, OCI_MANIFEST};
 use common::*;
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -53,27 +53,6 @@ async fn ensure_blob(c: &reqwest::Client, base: &str, repo: &str, data: &[u8]) -
         return Ok(d);
     }
     push_blob(c, base, repo, data).await
-}
-
-async fn put_manifest(
-    c: &reqwest::Client,
-    base: &str,
-    repo: &str,
-    reference: &str,
-    media_type: &str,
-    body: &str,
-) -> Result<String, String> {
-    let r = c
-        .put(format!("{base}/v2/{repo}/manifests/{reference}"))
-        .header("content-type", media_type)
-        .body(body.to_owned())
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if r.status() != 201 {
-        return Err(format!("manifest {repo}:{reference}: {} {}", r.status(), r.text().await.unwrap_or_default()));
-    }
-    Ok(digest_of(body.as_bytes()))
 }
 
 fn manifest_json(config: &(String, usize), layers: &[(String, usize)], subject: Option<(&str, usize)>) -> String {

@@ -190,7 +190,7 @@ fn pushes_continue_while_a_garage_node_is_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = Berth::start(&berth_on(&g, dir.path(), "cluster", "  redirect:\n    disable: true\n"));
     let base = b.url("");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = runtime();
     let c = http_client();
     let mut pushed = Vec::new();
     let push = |seed: u64, c: &reqwest::Client| {
@@ -272,7 +272,7 @@ fn three_instances_share_one_bucket_and_postgres() {
     let instances: Vec<Berth> = starting.into_iter().map(|t| t.join().expect("instance started")).collect();
     let bases: Vec<String> = instances.iter().map(|b| b.url("")).collect();
     let bases: Vec<&str> = bases.iter().map(String::as_str).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = runtime();
     let c = http_client();
 
     // 7 MiB layers in 3 MiB chunks, request i on instance i % 3: the multipart
@@ -335,7 +335,7 @@ fn an_interrupted_chunk_is_retried_on_garage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = Berth::start(&berth_on(&g, dir.path(), "retry", "  redirect:\n    disable: true\n"));
     let base = b.url("");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = runtime();
     let c = http_client();
     let data = seeded_bytes(7, 9 << 20);
     let digest = digest_of(&data);

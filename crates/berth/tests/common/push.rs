@@ -121,17 +121,35 @@ pub async fn push_generated_image(
         layer_json.join(",")
     );
     blobs.push((cd, config));
+    let manifest = put_manifest(c, bases[bases.len() - 1], repo, tag, OCI_MANIFEST, &manifest).await?;
+    Ok(PushedImage { repo: repo.to_owned(), tag: tag.to_owned(), manifest, blobs })
+}
+
+/// PUTs a manifest; returns its digest.
+pub async fn put_manifest(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &str,
+) -> Result<String, String> {
     let r = c
-        .put(format!("{}/v2/{repo}/manifests/{tag}", bases[bases.len() - 1]))
-        .header("content-type", OCI_MANIFEST)
-        .body(manifest.clone())
+        .put(format!("{base}/v2/{repo}/manifests/{reference}"))
+        .header("content-type", media_type)
+        .body(body.to_owned())
         .send()
         .await
         .map_err(|e| e.to_string())?;
     if r.status() != 201 {
-        return Err(format!("manifest {repo}:{tag}: {} {}", r.status(), r.text().await.unwrap_or_default()));
+        return Err(format!("manifest {repo}:{reference}: {} {}", r.status(), r.text().await.unwrap_or_default()));
     }
-    Ok(PushedImage { repo: repo.to_owned(), tag: tag.to_owned(), manifest: digest_of(manifest.as_bytes()), blobs })
+    Ok(digest_of(body.as_bytes()))
+}
+
+/// A small runtime for tests that drive async clients from a plain test.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
 
 /// Pulls `img` from `base` (following blob redirects) and checks every byte.
