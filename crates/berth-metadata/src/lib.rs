@@ -319,6 +319,21 @@ impl Metadata {
         Ok(())
     }
 
+    /// The value stored under `key`, storing `value` first if there is none:
+    /// of several instances racing, all get the one that was stored first.
+    pub async fn meta_or_insert(&self, key: &str, value: &str) -> Result<String> {
+        sqlx::query("INSERT INTO berth_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.write)
+            .await?;
+        let stored: Option<String> = sqlx::query_scalar("SELECT value FROM berth_meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.write)
+            .await?;
+        stored.ok_or_else(|| MetadataError::Corrupt(format!("berth_meta {key} vanished after it was written")))
+    }
+
     // ---- repositories ----
 
     /// The repository's id, creating it if needed. On PostgreSQL the row is
@@ -394,6 +409,18 @@ impl Metadata {
         .await?;
         self.cache.put_blob(repo, token, digest, size);
         Ok(size)
+    }
+
+    /// Up to `limit` repositories that hold a blob as a layer, in name order.
+    pub async fn repositories_with_blob(&self, digest: &str, limit: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+             WHERE rb.digest = $1 ORDER BY r.name LIMIT $2",
+        )
+        .bind(digest)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?)
     }
 
     /// Size of a blob known anywhere in the store.

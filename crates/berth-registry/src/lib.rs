@@ -227,6 +227,14 @@ impl Registry {
         Ok(Some(BlobInfo { size: size as u64 }))
     }
 
+    /// Repositories (at most `limit`) holding a blob as a layer: where an
+    /// automatic mount may take it from, once the caller's rights allow.
+    pub async fn blob_sources(&self, digest: &Digest, limit: usize) -> Result<Vec<RepoName>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let names = self.inner.meta.repositories_with_blob(digest.as_str(), limit).await?;
+        Ok(names.iter().filter_map(|n| RepoName::parse(n).ok()).collect())
+    }
+
     async fn write_layer_link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.inner.storage.put_content(&layout::layer_link(repo, digest), layout::link_content(digest)).await?;
         Ok(())
@@ -300,6 +308,10 @@ impl Registry {
         let row = self.upload_row(repo, id).await?;
         let size = row.size as u64;
         let limit = Self::chunk_limit(size, range, content_length)?;
+        // Refused before a byte is read when the upload would go over quota.
+        if let Some(l) = limit {
+            self.check_quota_bytes(repo, size.saturating_add(l)).await?;
+        }
         let state = Sha256State::from_bytes(&row.hash_state)
             .map_err(|_| RegistryError::BlobUploadInvalid("corrupt upload state".into()))?;
         // A chunk need not reach the disk: only the committed blob must. After
@@ -370,6 +382,9 @@ impl Registry {
         match body {
             Some(body) if has_body => {
                 let limit = Self::chunk_limit(size, range, content_length)?;
+                if let Some(l) = limit {
+                    self.check_quota(repo, digest, size.saturating_add(l)).await?;
+                }
                 let out =
                     self.ingest_upload(repo, id, size, state, row.storage_state.as_deref(), body, limit, true).await?;
                 size += out.written;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use berth_metadata::{now_millis, RepositoryGraph};
 use berth_storage::layout;
+use berth_types::duration::millis_before;
 use berth_types::pattern::{glob, RepoPattern};
 use berth_types::{Digest, RepoName, Tag};
 use serde::{Deserialize, Serialize};
@@ -129,12 +130,18 @@ fn kept_manifests(g: &RepositoryGraph, tagged: &HashSet<String>, drop_referrers:
 impl Registry {
     /// Runs one garbage collection. Only one runs at a time in a process.
     pub async fn collect_garbage(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
+        // Deleting manifests is a delete like any other: it needs deletes
+        // enabled and a writable registry. Unreferenced blobs need neither,
+        // as with distribution's garbage-collect.
+        if opts.delete_untagged && !opts.dry_run {
+            self.check_delete()?;
+        }
         let _single = self.inner.gc_lock.lock().await;
         if !opts.dry_run {
             self.finish_interrupted_collection().await?;
         }
         let mut report = GcReport { dry_run: opts.dry_run, ..Default::default() };
-        let cutoff = now_millis() - opts.grace.as_millis() as i64;
+        let cutoff = millis_before(now_millis(), opts.grace);
         if opts.delete_untagged {
             progress.phase("untagged manifests");
             for name in self.inner.meta.all_repositories().await? {
@@ -268,6 +275,9 @@ impl Registry {
         dry_run: bool,
         progress: &dyn Progress,
     ) -> Result<RetentionReport> {
+        if !dry_run {
+            self.check_delete()?;
+        }
         let _single = self.inner.gc_lock.lock().await;
         let mut report = RetentionReport { dry_run, ..Default::default() };
         let now = now_millis();
@@ -287,7 +297,7 @@ impl Registry {
                 for (i, t) in tags.iter().enumerate() {
                     let protected = i < keep_last || policy.keep_tags.iter().any(|p| glob(p, &t.name));
                     let stale = match policy.older_than {
-                        Some(age) => t.pushed_at.max(t.pulled_at) < now - age.as_millis() as i64,
+                        Some(age) => t.pushed_at.max(t.pulled_at) < millis_before(now, age),
                         None => true,
                     };
                     if !protected && stale {
@@ -304,7 +314,7 @@ impl Registry {
             };
             report.tags.extend(doomed.iter().map(|t| format!("{repo}:{t}")));
             if policy.delete_untagged {
-                let cutoff = now - grace.as_millis() as i64;
+                let cutoff = millis_before(now, grace);
                 let dropped = if dry_run {
                     // What would be untagged after the tag deletions above.
                     let g = self.inner.meta.repository_graph(repo.as_str()).await?;
@@ -343,12 +353,19 @@ impl Registry {
         if self.inner.meta.namespace_has_blob(&q.namespace, digest.as_str()).await? {
             return Ok(());
         }
+        self.check_quota_bytes(repo, size).await
+    }
+
+    /// Refuses an upload of `size` bytes (its declared or running size, digest
+    /// not yet known) that would take `repo`'s namespace over quota.
+    pub(crate) async fn check_quota_bytes(&self, repo: &RepoName, size: u64) -> Result<()> {
+        let Some(q) = self.quota_for(repo) else { return Ok(()) };
         let used = self.inner.meta.namespace_usage(&q.namespace).await?.max(0) as u64;
-        if used + size > q.limit {
+        if used.saturating_add(size) > q.limit {
             return Err(RegistryError::QuotaExceeded(format!(
                 "namespace {} would use {} of its {} bytes",
                 q.namespace,
-                used + size,
+                used.saturating_add(size),
                 q.limit
             )));
         }

@@ -535,6 +535,21 @@ async fn quotas_refuse_what_would_exceed_and_count_shared_blobs_once() {
     let err = reg.complete_upload(&b, &up.id, &Digest::of_bytes(&forty_one), None, None, None).await.unwrap_err();
     assert!(matches!(err, RegistryError::QuotaExceeded(_)), "{err:?}");
     assert!(matches!(reg.upload_status(&b, &up.id).await, Err(RegistryError::BlobUploadUnknown)));
+    // A declared size over the quota is refused before a byte of the body is read.
+    let unread = || -> BodyStream {
+        Box::pin(futures_util::stream::once(async { Err(std::io::Error::other("the body must not be read")) }))
+    };
+    let err = reg.put_blob(&b, &Digest::of_bytes(&forty_one), Some(41), unread()).await.unwrap_err();
+    assert!(matches!(err, RegistryError::QuotaExceeded(_)), "{err:?}");
+    let up = reg.start_upload(&b).await.unwrap();
+    reg.append_upload(&b, &up.id, None, Some(30), body(&[&[4u8; 30]])).await.unwrap();
+    // The running size of a chunked upload: 60 stored + 30 uploaded + 11 more > 100.
+    let err = reg.append_upload(&b, &up.id, None, Some(11), unread()).await.unwrap_err();
+    assert!(matches!(err, RegistryError::QuotaExceeded(_)), "{err:?}");
+    assert_eq!(reg.upload_status(&b, &up.id).await.unwrap().size, 30, "the upload stays where it was");
+    let err = reg.complete_upload(&b, &up.id, &Digest::of_bytes(&forty_one), None, Some(11), Some(unread())).await;
+    assert!(matches!(err, Err(RegistryError::QuotaExceeded(_))), "{err:?}");
+    reg.cancel_upload(&b, &up.id).await.unwrap();
     // Other namespaces are not limited; what fits still goes in.
     push_blob(&reg, &name("other/x"), &forty_one).await;
     push_blob(&reg, &b, &[3u8; 40]).await;

@@ -1,16 +1,29 @@
 //! Durations as Go writes them (`168h`, `1h30m`, `10s`, `250ms`), the form
-//! distribution's configuration uses.
+//! distribution's configuration uses, parsed with checked arithmetic and
+//! bounded as Go's are, and the saturating millisecond arithmetic every cutoff
+//! computed from one uses.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// The longest duration accepted: Go's (`math.MaxInt64` nanoseconds, about 292 years).
+pub const MAX: Duration = Duration::from_nanos(i64::MAX as u64);
+
+fn too_long(s: &str) -> String {
+    format!("duration {s:?} is too long (at most 2562047h)")
+}
+
 /// Parses `<number><unit>` sequences (units ns, us, µs, ms, s, m, h). A bare
-/// integer is `bare_unit` each.
+/// integer is `bare_unit` each. Anything over [`MAX`] is an error, never an
+/// overflow.
 pub fn parse(s: &str, bare_unit: Duration) -> Result<Duration, String> {
     let s = s.trim();
-    if let Ok(n) = s.parse::<u32>() {
-        return Ok(bare_unit * n);
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let n: u64 = s.parse().map_err(|_| too_long(s))?;
+        let nanos = u128::from(n).checked_mul(bare_unit.as_nanos()).filter(|ns| *ns <= MAX.as_nanos());
+        // At most MAX, so it fits in u64 nanoseconds.
+        return nanos.map(|ns| Duration::from_nanos(ns as u64)).ok_or_else(|| too_long(s));
     }
     if s.is_empty() {
         return Err("empty duration".into());
@@ -33,23 +46,38 @@ pub fn parse(s: &str, bare_unit: Duration) -> Result<Duration, String> {
             "h" => 3600.0,
             u => return Err(format!("invalid duration unit {u:?} in {s:?}")),
         };
-        total += Duration::from_secs_f64(value * unit);
+        let term = Duration::try_from_secs_f64(value * unit).map_err(|_| too_long(s))?;
+        total = total.checked_add(term).filter(|t| *t <= MAX).ok_or_else(|| too_long(s))?;
         rest = &rest[unit_end..];
     }
     Ok(total)
+}
+
+/// A duration in milliseconds as the metadata stores times, saturating at `i64::MAX`.
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `now_ms - d` without overflow: a grace period longer than the epoch is
+/// "before anything", never a time in the future.
+pub fn millis_before(now_ms: i64, d: Duration) -> i64 {
+    now_ms.saturating_sub(millis(d))
 }
 
 fn deserialize<'de, D: Deserializer<'de>>(d: D, bare_unit: Duration) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
-        Int(u32),
+        Int(u64),
         Str(String),
     }
-    match Raw::deserialize(d)? {
-        Raw::Int(n) => Ok(bare_unit * n),
-        Raw::Str(s) => parse(&s, bare_unit).map_err(serde::de::Error::custom),
-    }
+    let text = match Raw::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a duration such as 90s, 10m or 24h"))?
+    {
+        Raw::Int(n) => n.to_string(),
+        Raw::Str(s) => s,
+    };
+    parse(&text, bare_unit).map_err(serde::de::Error::custom)
 }
 
 /// For distribution's keys: a bare number is nanoseconds, as in Go.
@@ -65,6 +93,7 @@ pub fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn go_durations() {
@@ -73,9 +102,44 @@ mod tests {
         assert_eq!(parse("1h30m", ns).unwrap(), Duration::from_secs(5400));
         assert_eq!(parse("250ms", ns).unwrap(), Duration::from_millis(250));
         assert_eq!(parse("1000000000", ns).unwrap(), Duration::from_secs(1));
+        // A week in nanoseconds, as Go configurations write it.
+        assert_eq!(parse("604800000000000", ns).unwrap(), Duration::from_secs(604_800));
         assert_eq!(parse("300", Duration::from_secs(1)).unwrap(), Duration::from_secs(300));
-        for bad in ["", "h", "10x", "1.2.3s", "3 days"] {
+        for bad in ["", "h", "10x", "1.2.3s", "3 days", "-1s"] {
             assert!(parse(bad, ns).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn huge_durations_are_errors_not_panics() {
+        let s = Duration::from_secs(1);
+        for huge in [
+            "99999999999999999999999h",
+            "18446744073709551616s",
+            "18446744073709551615",
+            "2562048h",
+            "2562047h2562047h",
+            "1e400s",
+            "99999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999ms",
+        ] {
+            let e = parse(huge, s).unwrap_err();
+            assert!(e.contains("too long") || e.contains("invalid"), "{huge}: {e}");
+        }
+        assert_eq!(parse("2562047h", s).unwrap(), Duration::from_secs(2_562_047 * 3600));
+        // The largest grace still gives a cutoff before now, never after.
+        let now = 1_795_444_461_000;
+        assert_eq!(millis_before(now, MAX), now - MAX.as_millis() as i64);
+        assert!(millis_before(now, Duration::MAX) < 0);
+        assert_eq!(millis_before(-5, Duration::MAX), i64::MIN, "saturates");
+        assert_eq!(millis(Duration::MAX), i64::MAX);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(text in "[0-9.]{0,30}(ns|us|ms|s|m|h){0,1}([0-9.]{0,25}(s|h)){0,3}") {
+            if let Ok(d) = parse(&text, Duration::from_secs(1)) {
+                prop_assert!(d <= MAX);
+            }
         }
     }
 }

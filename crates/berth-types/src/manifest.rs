@@ -128,6 +128,36 @@ pub fn essence(content_type: &str) -> &str {
     content_type.split(';').next().unwrap_or("").trim()
 }
 
+/// How deep arrays and objects may nest in a manifest (real ones use fewer than 10).
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// The deepest nesting of arrays and objects in a JSON text (brackets inside
+/// strings do not count). Malformed text is left to the parser.
+pub fn json_depth(body: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 impl ManifestInfo {
     /// Parses a manifest pushed with the given Content-Type. The media type
     /// comes from the body's `mediaType` when present and must then agree with
@@ -135,6 +165,11 @@ impl ManifestInfo {
     pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Self, ManifestError> {
         if body.len() > MAX_MANIFEST_SIZE {
             return Err(invalid("manifest is larger than 4 MiB"));
+        }
+        // Fields Berth does not read are skipped by serde without its
+        // recursion limit; bound the nesting of the whole document first.
+        if json_depth(body) > MAX_JSON_DEPTH {
+            return Err(invalid(format!("manifest JSON is nested deeper than {MAX_JSON_DEPTH} levels")));
         }
         let raw: RawManifest = serde_json::from_slice(body).map_err(|e| invalid(format!("malformed manifest: {e}")))?;
         let ct = content_type.map(essence).filter(|c| !c.is_empty());
@@ -248,6 +283,22 @@ mod tests {
         assert_eq!(m.kind, ManifestKind::Image);
         assert_eq!(m.required_blobs().count(), 2);
         assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+    }
+
+    #[test]
+    fn deep_nesting_in_unknown_fields_is_refused() {
+        let deep = |n: usize| {
+            let base = image(Some(media::OCI_MANIFEST));
+            let unknown = format!("{}1{}", "[".repeat(n), "]".repeat(n));
+            format!("{},\"x-extra\":{unknown}}}", &base[..base.len() - 1])
+        };
+        ManifestInfo::parse(None, deep(MAX_JSON_DEPTH - 1).as_bytes()).unwrap();
+        let e = ManifestInfo::parse(None, deep(100_000).as_bytes()).unwrap_err();
+        assert!(e.0.contains("nested deeper than 64"), "{}", e.0);
+        // Brackets inside strings are text.
+        let quoted = format!("{},\"x\":\"{}\\\"[[\"}}", &image(None)[..image(None).len() - 1], "[{".repeat(200));
+        ManifestInfo::parse(None, quoted.as_bytes()).unwrap();
+        assert_eq!(json_depth(br#"{"a":[{"b":"]]]"}]}"#), 3);
     }
 
     #[test]

@@ -73,7 +73,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "tib" | "t" => 1024f64.powi(4),
         u => return Err(format!("invalid size unit {u:?} in {s:?}")),
     };
-    Ok((n * mult) as u64)
+    let bytes = n * mult;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("size {s:?} is too large"));
+    }
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]
@@ -112,6 +116,7 @@ mod tests {
     fn sizes() {
         assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
         assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert!(parse_size("99999999999999999999999999TiB").unwrap_err().contains("too large"));
         assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
         assert_eq!(parse_size("1.5KiB").unwrap(), 1536);
         assert!(parse_size("ten").is_err());

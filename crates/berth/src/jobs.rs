@@ -57,7 +57,7 @@ pub fn start(cfg: &Config, registry: &Registry, stop: &CancellationToken) -> Res
             move || {
                 let r = r.clone();
                 async move {
-                    let before = berth_metadata::now_millis() - purge.age.as_millis() as i64;
+                    let before = berth_types::duration::millis_before(berth_metadata::now_millis(), purge.age);
                     let n = r.purge_uploads(before, purge.dryrun).await?;
                     if n > 0 {
                         tracing::info!(purged = n, dry_run = purge.dryrun, "purged stale uploads");
