@@ -101,6 +101,26 @@ fn default_token_path() -> String {
     "/auth/token".into()
 }
 
+/// The longest life of an access token: they are checked again on use, but
+/// a stolen one must not last.
+pub const MAX_TOKEN_EXPIRATION: Duration = Duration::from_secs(3600);
+
+impl IssuerConfig {
+    /// The issuer Berth runs on its own when an access rule lets anonymous
+    /// callers in (Docker pulls anonymously only through the token flow).
+    pub fn implicit() -> Self {
+        IssuerConfig {
+            service: default_service(),
+            issuer: default_issuer(),
+            key: PathBuf::new(),
+            expiration: default_expiration(),
+            refreshexpiration: default_refresh(),
+            path: default_token_path(),
+            realm: None,
+        }
+    }
+}
+
 /// Basic auth whose passwords an identity service validates (seed 000), and
 /// an optional authorization service asked per repository and action.
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +131,11 @@ pub struct ExternalConfig {
     pub validate: ExternalCall,
     #[serde(default)]
     pub authorize: Option<ExternalCall>,
+    /// Optional: asked with `{user}` whether a user still exists, so that a
+    /// refresh token of a user disabled at the service stops working. Without
+    /// it, users of the service get no refresh tokens.
+    #[serde(default)]
+    pub lookup: Option<ExternalCall>,
 }
 
 /// One HTTP call. `{user}`, `{password}`, `{repository}`, `{namespace}` and
@@ -191,6 +216,16 @@ impl AuthConfig {
         self.htpasswd.is_some() || self.token.is_some() || self.issuer.is_some() || self.external.is_some()
     }
 
+    /// Whether Berth runs its token issuer without `auth.issuer`: passwords
+    /// are checked here and a rule lets anonymous callers do something, which
+    /// Docker and containerd do only after a Bearer challenge.
+    pub fn wants_implicit_issuer(&self) -> bool {
+        self.issuer.is_none()
+            && self.token.is_none()
+            && (self.htpasswd.is_some() || self.external.is_some())
+            && self.access.rules.iter().any(|r| r.anonymous && !r.actions.is_empty())
+    }
+
     pub fn validate(&self) -> Result<(), AuthError> {
         let bad = |m: &str| Err(AuthError::Config(m.to_owned()));
         if self.silly.is_some() {
@@ -213,6 +248,9 @@ impl AuthConfig {
             }
             if i.expiration.is_zero() {
                 return bad("auth.issuer.expiration: must be greater than zero");
+            }
+            if i.expiration > MAX_TOKEN_EXPIRATION {
+                return bad("auth.issuer.expiration: at most 1h (access tokens stay short-lived; clients renew them with refreshexpiration)");
             }
         }
         if (!self.access.rules.is_empty() || !self.access.groups.is_empty()) && self.token.is_some() {

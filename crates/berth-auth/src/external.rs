@@ -21,10 +21,13 @@ const MAX_CACHED: usize = 10_000;
 pub struct External {
     validate: ExternalCall,
     authorize: Option<ExternalCall>,
+    lookup: Option<ExternalCall>,
     client: reqwest::Client,
     salt: [u8; 16],
     logins: Mutex<HashMap<[u8; 32], Instant>>,
     decisions: Mutex<HashMap<DecisionKey, (bool, Instant)>>,
+    /// Users the lookup call found, and when.
+    known: Mutex<HashMap<String, Instant>>,
 }
 
 fn check_call(name: &str, c: &ExternalCall) -> Result<(), AuthError> {
@@ -80,6 +83,9 @@ impl External {
         if let Some(a) = &cfg.authorize {
             check_call("authorize", a)?;
         }
+        if let Some(l) = &cfg.lookup {
+            check_call("lookup", l)?;
+        }
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -89,10 +95,12 @@ impl External {
         Ok(External {
             validate: cfg.validate.clone(),
             authorize: cfg.authorize.clone(),
+            lookup: cfg.lookup.clone(),
             client,
             salt,
             logins: Mutex::default(),
             decisions: Mutex::default(),
+            known: Mutex::default(),
         })
     }
 
@@ -180,6 +188,30 @@ impl External {
             logins.insert(key, Instant::now());
         }
         ok
+    }
+
+    /// Whether the service still knows `user` (the `lookup` call; a success is
+    /// remembered for its `cachettl`). None when no lookup call is configured.
+    pub async fn lookup(&self, user: &str) -> Option<bool> {
+        let call = self.lookup.as_ref()?;
+        {
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            if known.get(user).is_some_and(|at| at.elapsed() < call.cachettl) {
+                return Some(true);
+            }
+        }
+        let ok = match self.call(call, &[("user", user)]).await {
+            Some(answer) => Self::accepted(call, &answer, Some(user)),
+            None => false,
+        };
+        if ok {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            if known.len() >= MAX_CACHED {
+                known.clear();
+            }
+            known.insert(user.to_owned(), Instant::now());
+        }
+        Some(ok)
     }
 
     /// The subset of `wanted` the authorization service allows.

@@ -119,6 +119,11 @@ impl Htpasswd {
         st.entries.get(user).cloned()
     }
 
+    /// Whether `user` has an entry (re-reading the file if it changed).
+    pub fn contains(&self, user: &str) -> bool {
+        self.lookup(user).is_some()
+    }
+
     pub async fn verify(&self, user: &str, password: &str) -> bool {
         let hash = self.lookup(user);
         let fp = self.fingerprint(password);
@@ -153,11 +158,21 @@ fn dummy_hash() -> &'static str {
     HASH.get_or_init(|| bcrypt::hash("no such user", COST).unwrap_or_default())
 }
 
+/// bcrypt reads at most this many bytes of a password.
+pub const MAX_PASSWORD_BYTES: usize = 72;
+
 /// Adds or replaces `user` in the htpasswd file at `path` (created with mode
 /// 0600 if missing), atomically.
 pub fn set_password(path: &Path, user: &str, password: &str) -> Result<(), AuthError> {
-    if user.is_empty() || user.contains(':') || user.contains('\n') {
-        return Err(AuthError::Config("the user name must not be empty or contain ':'".into()));
+    if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
+        return Err(AuthError::Config("the user name must not be empty or contain ':' or control characters".into()));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(AuthError::Config(format!(
+            "the password is {} bytes long: bcrypt uses only the first {MAX_PASSWORD_BYTES}, so any password \
+             sharing them would log in; choose one of at most {MAX_PASSWORD_BYTES} bytes",
+            password.len()
+        )));
     }
     let hash = bcrypt::hash_with_result(password, COST)
         .map_err(|e| AuthError::Config(format!("hashing the password: {e}")))?
@@ -219,6 +234,18 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn passwords_bcrypt_would_cut_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        set_password(&path, "alice", &"a".repeat(MAX_PASSWORD_BYTES)).unwrap();
+        let e = set_password(&path, "bob", &"b".repeat(MAX_PASSWORD_BYTES + 1)).unwrap_err().to_string();
+        assert!(e.contains("73 bytes") && e.contains("at most 72"), "{e}");
+        let e = set_password(&path, "evil\nroot", "pw").unwrap_err().to_string();
+        assert!(e.contains("control characters"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1, "nothing else written");
     }
 
     #[test]

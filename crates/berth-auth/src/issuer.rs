@@ -61,22 +61,6 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn rfc3339(secs: u64) -> String {
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 /// Reads the signing key, or generates and saves one (mode 0600).
 fn load_or_create_key(path: &Path) -> Result<p256::SecretKey, AuthError> {
     let bad = |m: String| AuthError::Config(format!("auth.issuer.key: {}: {m}", path.display()));
@@ -105,9 +89,27 @@ fn load_or_create_key(path: &Path) -> Result<p256::SecretKey, AuthError> {
     }
 }
 
+/// A new P-256 signing key as PKCS#8 PEM, for an issuer whose key Berth keeps itself.
+pub fn generate_key_pem() -> Result<String, AuthError> {
+    let key = p256::SecretKey::random(&mut rand_core::OsRng);
+    let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| AuthError::Config(format!("generating a key: {e}")))?;
+    Ok(pem.to_string())
+}
+
 impl Issuer {
+    /// With the key at `cfg.key`, generated there when missing.
     pub fn load(cfg: &IssuerConfig) -> Result<Self, AuthError> {
-        let key = load_or_create_key(&cfg.key)?;
+        Self::with_key(cfg, load_or_create_key(&cfg.key)?)
+    }
+
+    /// With a PKCS#8 PEM key from elsewhere (`cfg.key` is not read).
+    pub fn with_key_pem(cfg: &IssuerConfig, pem: &str) -> Result<Self, AuthError> {
+        let key = p256::SecretKey::from_pkcs8_pem(pem)
+            .map_err(|e| AuthError::Config(format!("the token signing key is not a PKCS#8 P-256 key: {e}")))?;
+        Self::with_key(cfg, key)
+    }
+
+    fn with_key(cfg: &IssuerConfig, key: p256::SecretKey) -> Result<Self, AuthError> {
         let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| AuthError::Config(format!("auth.issuer.key: {e}")))?;
         let encoding =
             EncodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| AuthError::Config(format!("auth.issuer.key: {e}")))?;
@@ -118,6 +120,23 @@ impl Issuer {
         let decoding = DecodingKey::from_ec_der(point.as_bytes());
         let verifier = Verifier::single(&cfg.issuer, &cfg.service, &kid, decoding);
         Ok(Issuer { config: cfg.clone(), encoding, kid, verifier })
+    }
+
+    /// Checks the key file without creating one (for `config check`):
+    /// Ok(false) when it is missing and would be generated.
+    pub fn check_key(cfg: &IssuerConfig) -> Result<bool, AuthError> {
+        let bad = |m: String| AuthError::Config(format!("auth.issuer.key: {}: {m}", cfg.key.display()));
+        match std::fs::read_to_string(&cfg.key) {
+            Ok(pem) => p256::SecretKey::from_pkcs8_pem(&pem)
+                .map(|_| true)
+                .map_err(|e| bad(format!("not a PKCS#8 P-256 key: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(bad(e.to_string())),
+        }
+    }
+
+    pub fn config(&self) -> &IssuerConfig {
+        &self.config
     }
 
     /// The libtrust key ID tokens carry in `kid`.
@@ -154,8 +173,8 @@ impl Issuer {
         format!("{}#refresh", self.config.service)
     }
 
-    /// Claims of a token this issuer signed for the registry.
-    pub fn verify(&self, token: &str) -> Option<Claims> {
+    /// Claims of a token this issuer signed for the registry, or why not.
+    pub fn verify(&self, token: &str) -> Result<Claims, String> {
         self.verifier.verify(token)
     }
 
@@ -170,12 +189,21 @@ impl Issuer {
         let identity = match req.grant_type.as_deref() {
             Some("refresh_token") => {
                 let t = req.refresh_token.as_deref().ok_or(TokenError::Invalid("refresh_token is required".into()))?;
-                let claims = self.verifier.verify_for(t, &self.refresh_audience()).ok_or(TokenError::Unauthorized)?;
+                let claims = self.verifier.verify_for(t, &self.refresh_audience()).map_err(|why| {
+                    tracing::info!(reason = %why, "refresh token rejected");
+                    TokenError::Unauthorized
+                })?;
+                // The user must still exist: removing it revokes its refresh tokens.
+                if authz.user_known(&claims.sub).await != Some(true) {
+                    tracing::info!(user = %claims.sub, "refresh token of a user that no longer exists rejected");
+                    return Err(TokenError::Unauthorized);
+                }
                 Identity::user(&claims.sub)
             }
             Some("password") => {
                 let (u, p) = (req.username.as_deref().unwrap_or(""), req.password.as_deref().unwrap_or(""));
                 if !authz.check_password(u, p).await {
+                    tracing::info!(user = %u, "failed login at the token endpoint");
                     tokio::time::sleep(authz.failure_delay).await;
                     return Err(TokenError::Unauthorized);
                 }
@@ -183,14 +211,16 @@ impl Issuer {
             }
             Some(other) => return Err(TokenError::Invalid(format!("unsupported grant_type {other:?}"))),
             None => match &req.basic {
-                Some((u, p)) => {
+                // Clients without credentials may send empty ones: they are anonymous.
+                Some((u, p)) if !(u.is_empty() && p.is_empty()) => {
                     if !authz.check_password(u, p).await {
+                        tracing::info!(user = %u, "failed login at the token endpoint");
                         tokio::time::sleep(authz.failure_delay).await;
                         return Err(TokenError::Unauthorized);
                     }
                     Identity::user(u)
                 }
-                None => Identity::anonymous(),
+                _ => Identity::anonymous(),
             },
         };
         let mut access = Vec::new();
@@ -218,8 +248,10 @@ impl Issuer {
         let subject = identity.user.clone().unwrap_or_default();
         let lifetime = self.config.expiration.as_secs().max(1);
         let token = self.sign(&subject, &self.config.service, access, lifetime).ok_or(TokenError::Unauthorized)?;
-        let refresh_token = match (&identity.user, req.offline || req.grant_type.as_deref() == Some("refresh_token")) {
-            (Some(u), true) => {
+        let wants_refresh = req.offline || req.grant_type.as_deref() == Some("refresh_token");
+        let refresh_token = match &identity.user {
+            // Only for users whose removal Berth can see: refreshing checks it.
+            Some(u) if wants_refresh && authz.user_known(u).await == Some(true) => {
                 self.sign(u, &self.refresh_audience(), Vec::new(), self.config.refreshexpiration.as_secs())
             }
             _ => None,
@@ -228,21 +260,9 @@ impl Issuer {
             access_token: token.clone(),
             token,
             expires_in: lifetime,
-            issued_at: rfc3339(now()),
+            issued_at: berth_types::time::rfc3339(now()),
             refresh_token,
             scope: (!granted_scopes.is_empty()).then(|| granted_scopes.join(" ")),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_444_461), "2026-11-23T14:34:21Z");
     }
 }

@@ -273,6 +273,8 @@ pub struct Authorizer {
     external: Option<external::External>,
     verifier: Option<token::Verifier>,
     issuer: Option<issuer::Issuer>,
+    /// The issuer runs without `auth.issuer`, because a rule lets anonymous callers in.
+    implicit_issuer: bool,
     rules: rules::Rules,
     /// Delay before answering a failed login.
     pub failure_delay: Duration,
@@ -290,8 +292,11 @@ fn basic_challenge(realm: &str) -> String {
 
 impl Authorizer {
     /// Builds from configuration, loading files and keys. None when no
-    /// authentication is configured.
-    pub fn new(config: AuthConfig) -> Result<Option<Arc<Authorizer>>, AuthError> {
+    /// authentication is configured. `implicit_key` is the PKCS#8 PEM key of
+    /// the issuer Berth runs for anonymous rules
+    /// ([`AuthConfig::wants_implicit_issuer`]); without one a key is made for
+    /// this process only.
+    pub fn new(config: AuthConfig, implicit_key: Option<&str>) -> Result<Option<Arc<Authorizer>>, AuthError> {
         config.validate()?;
         if !config.enabled() {
             return Ok(None);
@@ -299,7 +304,21 @@ impl Authorizer {
         let htpasswd = config.htpasswd.as_ref().map(htpasswd::Htpasswd::open).transpose()?;
         let external = config.external.as_ref().map(external::External::new).transpose()?;
         let verifier = config.token.as_ref().map(token::Verifier::from_config).transpose()?;
-        let issuer = config.issuer.as_ref().map(issuer::Issuer::load).transpose()?;
+        let implicit_issuer = config.wants_implicit_issuer();
+        let issuer = match &config.issuer {
+            Some(i) => Some(issuer::Issuer::load(i)?),
+            None if implicit_issuer => {
+                let pem = match implicit_key {
+                    Some(k) => k.to_owned(),
+                    None => {
+                        tracing::warn!("the token signing key is this process's own: tokens end with it");
+                        issuer::generate_key_pem()?
+                    }
+                };
+                Some(issuer::Issuer::with_key_pem(&IssuerConfig::implicit(), &pem)?)
+            }
+            None => None,
+        };
         let rules = rules::Rules::new(&config.access)?;
         Ok(Some(Arc::new(Authorizer {
             config,
@@ -307,21 +326,56 @@ impl Authorizer {
             external,
             verifier,
             issuer,
+            implicit_issuer,
             rules,
             failure_delay: Duration::from_millis(500),
         })))
     }
 
-    pub fn mode(&self) -> &'static str {
-        if self.issuer.is_some() {
-            "token issuer"
-        } else if self.verifier.is_some() {
-            "token"
-        } else if self.external.is_some() {
-            "external"
-        } else {
-            "htpasswd"
+    /// Checks a configuration as [`Authorizer::new`] would build it (files,
+    /// certificates, key), creating nothing. Returns the mode it would run in.
+    pub fn check(config: &AuthConfig) -> Result<Option<String>, AuthError> {
+        config.validate()?;
+        if !config.enabled() {
+            return Ok(None);
         }
+        if let Some(h) = &config.htpasswd {
+            htpasswd::Htpasswd::open(h)?;
+        }
+        if let Some(e) = &config.external {
+            external::External::new(e)?;
+        }
+        if let Some(t) = &config.token {
+            token::Verifier::from_config(t)?;
+        }
+        rules::Rules::new(&config.access)?;
+        let mut mode = Self::mode_of(config).to_owned();
+        if let Some(i) = &config.issuer {
+            if !issuer::Issuer::check_key(i)? {
+                mode.push_str(&format!(" (its signing key will be generated at {})", i.key.display()));
+            }
+        }
+        Ok(Some(mode))
+    }
+
+    fn mode_of(config: &AuthConfig) -> &'static str {
+        let passwords = if config.external.is_some() { "external" } else { "htpasswd" };
+        match (&config.issuer, &config.token, config.wants_implicit_issuer(), passwords) {
+            (Some(_), _, _, _) => "token issuer",
+            (_, Some(_), _, _) => "token",
+            (_, _, true, "external") => "external, with the built-in token issuer for anonymous access",
+            (_, _, true, _) => "htpasswd, with the built-in token issuer for anonymous access",
+            (_, _, false, p) => p,
+        }
+    }
+
+    pub fn mode(&self) -> &'static str {
+        Self::mode_of(&self.config)
+    }
+
+    /// Whether the issuer runs only because an anonymous rule needs it.
+    pub fn implicit_issuer(&self) -> bool {
+        self.implicit_issuer
     }
 
     pub fn issuer(&self) -> Option<&issuer::Issuer> {
@@ -330,7 +384,19 @@ impl Authorizer {
 
     /// The path of the built-in token endpoint, when there is one.
     pub fn token_path(&self) -> Option<&str> {
-        self.config.issuer.as_ref().map(|i| i.path.as_str())
+        self.issuer.as_ref().map(|i| i.config().path.as_str())
+    }
+
+    /// The challenge for a wrong password: Basic, with the realm of the password source.
+    pub fn password_challenge(&self) -> String {
+        let realm = self
+            .config
+            .htpasswd
+            .as_ref()
+            .map(|h| h.realm.as_str())
+            .or(self.config.external.as_ref().map(|e| e.realm.as_str()))
+            .unwrap_or("registry");
+        basic_challenge(realm)
     }
 
     fn challenge(&self, creds: &Credentials<'_>, need: &Need, insufficient: bool) -> String {
@@ -344,21 +410,15 @@ impl Authorizer {
             }
             c
         };
-        if let Some(i) = &self.config.issuer {
+        if let Some(i) = &self.issuer {
+            let i = i.config();
             let realm = i.realm.clone().unwrap_or_else(|| format!("{}{}", creds.base_url, i.path));
             return bearer(&realm, &i.service);
         }
         if let Some(t) = &self.config.token {
             return bearer(&t.realm, &t.service);
         }
-        let realm = self
-            .config
-            .htpasswd
-            .as_ref()
-            .map(|h| h.realm.as_str())
-            .or(self.config.external.as_ref().map(|e| e.realm.as_str()))
-            .unwrap_or("registry");
-        basic_challenge(realm)
+        self.password_challenge()
     }
 
     /// Checks a username and password against the configured source.
@@ -377,30 +437,61 @@ impl Authorizer {
         false
     }
 
+    /// Whether `user` still exists for the password sources: Some(false)
+    /// once it is gone, None when no source can tell (an identity service
+    /// without a `lookup` call).
+    pub async fn user_known(&self, user: &str) -> Option<bool> {
+        if self.htpasswd.as_ref().is_some_and(|h| h.contains(user)) {
+            return Some(true);
+        }
+        match &self.external {
+            Some(e) => e.lookup(user).await,
+            None => Some(false),
+        }
+    }
+
     /// Authenticates a request and checks it may do what `need` says.
     pub async fn authorize(self: &Arc<Self>, creds: &Credentials<'_>, need: &Need) -> Result<Grant, Refusal> {
         let unauthorized = |message| Refusal::Unauthorized { challenge: self.challenge(creds, need, false), message };
         let auth = creds.authorization.map(str::trim).unwrap_or("");
         let (scheme, value) = auth.split_once(' ').map(|(a, b)| (a, b.trim())).unwrap_or((auth, ""));
+        // Clients without credentials (skopeo, podman) may send empty basic ones.
+        let basic = scheme.eq_ignore_ascii_case("basic").then(|| decode_basic(value));
+        let anonymous_basic = matches!(&basic, Some(Some((u, p))) if u.is_empty() && p.is_empty());
 
         let grant = if scheme.eq_ignore_ascii_case("bearer") && !value.is_empty() {
-            let claims = if let Some(i) = &self.issuer {
+            let verified = if let Some(i) = &self.issuer {
                 i.verify(value)
             } else if let Some(v) = &self.verifier {
                 v.verify(value)
             } else {
-                None
+                Err("bearer tokens are not accepted here".to_owned())
             };
-            let Some(claims) = claims else { return Err(unauthorized("invalid or expired token")) };
+            let claims = match verified {
+                Ok(c) => c,
+                Err(why) => {
+                    tracing::info!(reason = %why, "bearer token rejected");
+                    return Err(unauthorized("invalid or expired token"));
+                }
+            };
             let identity = if claims.sub.is_empty() { Identity::anonymous() } else { Identity::user(&claims.sub) };
             let access = Arc::new(claims.access);
             let source = match &self.issuer {
-                Some(_) => GrantSource::Issued(access, self.clone()),
+                Some(_) => {
+                    // A token outlives nothing: its user must still exist.
+                    if let Some(u) = &identity.user {
+                        if self.user_known(u).await == Some(false) {
+                            tracing::info!(user = %u, "token of a user that no longer exists rejected");
+                            return Err(unauthorized("invalid or expired token"));
+                        }
+                    }
+                    GrantSource::Issued(access, self.clone())
+                }
                 None => GrantSource::Claims(access),
             };
             Grant { identity, source }
-        } else if scheme.eq_ignore_ascii_case("basic") && !value.is_empty() && self.verifier.is_none() {
-            let Some((user, password)) = decode_basic(value) else { return Err(unauthorized("malformed credentials")) };
+        } else if basic.is_some() && !value.is_empty() && !anonymous_basic && self.verifier.is_none() {
+            let Some(Some((user, password))) = basic else { return Err(unauthorized("malformed credentials")) };
             if !self.check_password(&user, &password).await {
                 tracing::info!(user = %user, "failed login");
                 tokio::time::sleep(self.failure_delay).await;
@@ -415,10 +506,15 @@ impl Authorizer {
             Grant { identity: Identity::anonymous(), source: GrantSource::Rules(self.clone()) }
         };
 
-        let bearer = self.issuer.is_some() || self.verifier.is_some();
+        // A token that lacks a right asks for a new token with it (401);
+        // a password that lacks one is simply refused (403).
+        let bearer = matches!(grant.source, GrantSource::Issued(..) | GrantSource::Claims(_));
         match need {
             Need::Login => {
-                if grant.identity.user.is_none() {
+                // A valid token is a login, even an anonymous one; without a
+                // token an anonymous caller is asked to authenticate.
+                let token = matches!(grant.source, GrantSource::Issued(..) | GrantSource::Claims(_));
+                if grant.identity.user.is_none() && !token {
                     return Err(unauthorized("authentication required"));
                 }
                 Ok(grant)

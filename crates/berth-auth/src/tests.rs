@@ -24,7 +24,7 @@ fn rule(repos: &[&str], users: &[&str], anonymous: bool, actions: &[Action]) -> 
 }
 
 struct Env {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     authz: Arc<Authorizer>,
 }
 
@@ -47,9 +47,9 @@ fn env(issuer: bool, rules: Vec<RuleConfig>) -> Env {
         access: AccessConfig { groups: Default::default(), rules, admins: vec!["alice".into()] },
         ..Default::default()
     };
-    let mut authz = Authorizer::new(cfg).unwrap().unwrap();
+    let mut authz = Authorizer::new(cfg, None).unwrap().unwrap();
     Arc::get_mut(&mut authz).unwrap().failure_delay = Duration::from_millis(1);
-    Env { _dir: dir, authz }
+    Env { dir, authz }
 }
 
 fn creds(auth: Option<&str>) -> Credentials<'_> {
@@ -66,10 +66,12 @@ fn default_rules() -> Vec<RuleConfig> {
 
 #[tokio::test]
 async fn basic_auth_checks_passwords_and_rules() {
-    let e = env(false, default_rules());
+    // Without an anonymous rule, distribution's htpasswd behaviour: Basic challenges.
+    let e = env(false, default_rules()[..2].to_vec());
     let a = basic("alice", "alice-pw");
     let r = basic("reader", "reader-pw");
     let push = repo("team/app", &[Action::Pull, Action::Push]);
+    assert!(e.authz.issuer().is_none());
     assert!(e.authz.authorize(&creds(Some(&a)), &push).await.is_ok());
     // A read-only user is refused the push with 403.
     assert_eq!(e.authz.authorize(&creds(Some(&r)), &push).await.err(), Some(Refusal::Denied));
@@ -80,15 +82,89 @@ async fn basic_auth_checks_passwords_and_rules() {
         other => panic!("{other:?}", other = other.map(|g| g.identity)),
     }
     assert!(matches!(e.authz.authorize(&creds(None), &push).await, Err(Refusal::Unauthorized { .. })));
-    // Anonymous pull where a rule allows it, not elsewhere, and never /v2/ itself.
-    assert!(e.authz.authorize(&creds(None), &repo("public/x", &[Action::Pull])).await.is_ok());
-    assert!(e.authz.authorize(&creds(None), &repo("team/x", &[Action::Pull])).await.is_err());
-    assert!(e.authz.authorize(&creds(None), &Need::Login).await.is_err());
     assert!(e.authz.authorize(&creds(Some(&r)), &Need::Login).await.is_ok());
     assert!(matches!(
         e.authz.authorize(&creds(Some("Basic !!!")), &Need::Login).await,
         Err(Refusal::Unauthorized { .. })
     ));
+}
+
+#[tokio::test]
+async fn an_anonymous_rule_turns_on_the_token_flow_and_empty_credentials_are_anonymous() {
+    let e = env(false, default_rules());
+    assert!(e.authz.implicit_issuer(), "an anonymous rule with htpasswd runs the issuer");
+    assert_eq!(e.authz.token_path(), Some("/auth/token"));
+    let push = repo("team/app", &[Action::Pull, Action::Push]);
+    // No credentials: a Bearer challenge (Docker pulls anonymously only through it).
+    match e.authz.authorize(&creds(None), &Need::Login).await {
+        Err(Refusal::Unauthorized { challenge, .. }) => {
+            assert_eq!(challenge, "Bearer realm=\"http://registry.test:5000/auth/token\",service=\"berth\"")
+        }
+        other => panic!("{:?}", other.map(|g| g.identity)),
+    }
+    // skopeo and podman without stored credentials send empty ones: anonymous, no failed login.
+    let empty = basic("", "");
+    assert_eq!(empty, "Basic Og==");
+    let started = std::time::Instant::now();
+    let g = e.authz.authorize(&creds(Some(&empty)), &repo("public/x", &[Action::Pull])).await.unwrap();
+    assert_eq!(g.identity, Identity::anonymous());
+    assert!(e.authz.authorize(&creds(Some(&empty)), &repo("team/x", &[Action::Pull])).await.is_err());
+    assert!(started.elapsed() < Duration::from_millis(400), "no failed-login delay");
+    // Passwords still work, as before, beside the tokens; a missing right is a 403 for them.
+    assert!(e.authz.authorize(&creds(Some(&basic("alice", "alice-pw"))), &push).await.is_ok());
+    assert_eq!(
+        e.authz.authorize(&creds(Some(&basic("reader", "reader-pw"))), &push).await.err(),
+        Some(Refusal::Denied)
+    );
+    // An anonymous token logs in at /v2/ and pulls what anonymous callers may.
+    let issuer = e.authz.issuer().unwrap();
+    let req = issuer::TokenRequest {
+        basic: Some(("".into(), "".into())),
+        scopes: Scope::parse_list("repository:public/x:pull"),
+        ..Default::default()
+    };
+    let t = issuer.issue(&e.authz, &req).await.unwrap();
+    let bearer = format!("Bearer {}", t.token);
+    assert!(e.authz.authorize(&creds(Some(&bearer)), &Need::Login).await.is_ok());
+    assert!(e.authz.authorize(&creds(Some(&bearer)), &repo("public/x", &[Action::Pull])).await.is_ok());
+    assert!(t.refresh_token.is_none(), "no refresh token for anonymous callers");
+}
+
+#[tokio::test]
+async fn removing_a_user_revokes_its_refresh_and_access_tokens() {
+    let e = env(true, default_rules());
+    let issuer = e.authz.issuer().unwrap();
+    let login = issuer::TokenRequest {
+        grant_type: Some("password".into()),
+        username: Some("reader".into()),
+        password: Some("reader-pw".into()),
+        scopes: Scope::parse_list("repository:team/app:pull"),
+        offline: true,
+        ..Default::default()
+    };
+    let t = issuer.issue(&e.authz, &login).await.unwrap();
+    let refresh = t.refresh_token.clone().expect("a refresh token");
+    let by_refresh = issuer::TokenRequest {
+        grant_type: Some("refresh_token".into()),
+        refresh_token: Some(refresh.clone()),
+        scopes: Scope::parse_list("repository:team/app:pull"),
+        ..Default::default()
+    };
+    let t2 = issuer.issue(&e.authz, &by_refresh).await.unwrap();
+    let bearer = format!("Bearer {}", t2.token);
+    let pull = repo("team/app", &[Action::Pull]);
+    assert!(e.authz.authorize(&creds(Some(&bearer)), &pull).await.is_ok());
+
+    // The user goes from the file: its refresh token and the access token minted from it stop working.
+    let path = e.dir.path().join("htpasswd");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("reader:")).collect();
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(issuer.issue(&e.authz, &by_refresh).await.err(), Some(issuer::TokenError::Unauthorized));
+    assert!(matches!(e.authz.authorize(&creds(Some(&bearer)), &pull).await, Err(Refusal::Unauthorized { .. })));
+    // The rules apply to what is left.
+    assert!(e.authz.authorize(&creds(Some(&basic("alice", "alice-pw"))), &pull).await.is_ok());
 }
 
 #[tokio::test]
@@ -136,7 +212,7 @@ async fn issued_tokens_grant_only_what_rules_allow() {
     let mut parts: Vec<String> = t.token.split('.').map(str::to_owned).collect();
     parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(r#"{"iss":"berth-test","sub":"alice","aud":"registry.test","exp":9999999999,"access":[]}"#);
-    assert!(issuer.verify(&parts.join(".")).is_none());
+    assert!(issuer.verify(&parts.join(".")).is_err());
 }
 
 #[tokio::test]
@@ -154,7 +230,7 @@ async fn oauth_password_and_refresh_grants() {
     let t = issuer.issue(&e.authz, &req).await.unwrap();
     let refresh = t.refresh_token.clone().unwrap();
     // A refresh token is not an access token.
-    assert!(issuer.verify(&refresh).is_none());
+    assert!(issuer.verify(&refresh).is_err());
     let again = issuer::TokenRequest {
         grant_type: Some("refresh_token".into()),
         refresh_token: Some(refresh),

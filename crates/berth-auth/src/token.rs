@@ -263,22 +263,16 @@ impl Verifier {
         }
     }
 
-    /// The claims of a valid token, or None. Reasons are logged, tokens never.
-    pub fn verify(&self, token: &str) -> Option<Claims> {
+    /// The claims of a valid token, or why it is not; the caller logs the
+    /// reason (never the token).
+    pub fn verify(&self, token: &str) -> Result<Claims, String> {
         self.verify_for(token, &self.service)
     }
 
-    pub(crate) fn verify_for(&self, token: &str, audience: &str) -> Option<Claims> {
-        let header = match jsonwebtoken::decode_header(token) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::debug!(error = %e, "malformed bearer token");
-                return None;
-            }
-        };
+    pub(crate) fn verify_for(&self, token: &str, audience: &str) -> Result<Claims, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         if !self.algorithms.contains(&header.alg) {
-            tracing::debug!(alg = ?header.alg, "token algorithm not accepted");
-            return None;
+            return Err(format!("algorithm {:?} is not accepted", header.alg));
         }
         let leaf = header
             .x5c
@@ -295,27 +289,33 @@ impl Verifier {
                 (None, None) => true,
             })
             .collect();
+        if candidates.is_empty() {
+            return Err(match &header.kid {
+                Some(kid) => format!("no trusted key has the id {kid:?}"),
+                None => "no trusted key matches the token".to_owned(),
+            });
+        }
         let mut v = Validation::new(header.alg);
         v.leeway = LEEWAY;
         v.validate_nbf = true;
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let mut why = String::new();
         for k in candidates {
             match jsonwebtoken::decode::<Claims>(token, &k.key, &v) {
                 Ok(data) => {
                     // `nbf`/`exp` are checked by the library; a token from the
                     // far future (clock skew beyond the leeway) is refused here too.
                     if data.claims.iat.is_some_and(|iat| iat > now() + LEEWAY) {
-                        tracing::debug!("token issued in the future");
-                        return None;
+                        return Err("the token was issued in the future".to_owned());
                     }
-                    return Some(data.claims);
+                    return Ok(data.claims);
                 }
-                Err(e) => tracing::debug!(error = %e, "token not valid with a candidate key"),
+                Err(e) => why = e.to_string(),
             }
         }
-        None
+        Err(why)
     }
 }
 
