@@ -1,95 +1,142 @@
-//! Administration endpoints (Berth extensions, outside `/v2/`):
+//! Administration endpoints (Berth extensions, outside `/v2/`), parsed once
+//! into an [`AdminOp`] as `/v2/` paths are into an endpoint:
 //!
 //! - `POST /_berth/gc?dryrun=&deleteuntagged=&deletereferrers=&grace=`: run garbage collection now
 //! - `POST /_berth/retention?dryrun=`: apply the retention policies now
 //! - `GET /_berth/quotas`: usage of each namespace with a quota
 //! - `DELETE /_berth/repositories/<name>`: delete a repository
 //!
-//! Collection, retention and quotas need an administrator (`auth.access.admins`);
-//! deleting a repository needs the delete right on it.
+//! Collection, retention and quotas need an administrator (see
+//! [`crate::authz::admin`]); deleting a repository needs the delete right on it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use berth_auth::{Action, Actions, Credentials, Grant, Need, Refusal};
+use berth_auth::{Action, Actions, Need};
 use berth_registry::lifecycle::{GcOptions, NoProgress};
 use berth_types::RepoName;
 
+use crate::endpoint::percent_decode;
 use crate::error::ApiError;
-use crate::AppState;
+use crate::{authz, AppState, Peer};
+
+/// One administration request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminOp {
+    Gc { dry_run: bool, delete_untagged: bool, delete_referrers: bool, grace: Option<Duration> },
+    Retention { dry_run: bool },
+    Quotas,
+    DeleteRepository(RepoName),
+}
+
+fn bad_query(key: &str, detail: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", format!("invalid {key}")).with_detail(detail)
+}
+
+/// `true`/`1`, `false`/`0`, or absent (false).
+fn flag(query: &HashMap<String, String>, key: &str) -> Result<bool, ApiError> {
+    match query.get(key).map(String::as_str) {
+        None | Some("false") | Some("0") | Some("") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(v) => Err(bad_query(key, format!("{key}={v:?}: expected true or false"))),
+    }
+}
+
+impl AdminOp {
+    /// Parses the path after `/_berth/` (still percent-encoded) with its method and query.
+    pub fn parse(method: &Method, path: &str, query: &HashMap<String, String>) -> Result<AdminOp, ApiError> {
+        let not_allowed = |allow: &str| {
+            ApiError::unsupported(format!("method {method} is not allowed on this endpoint"))
+                .with_header(header::ALLOW, allow)
+        };
+        let path = percent_decode(path).ok_or_else(ApiError::not_found)?;
+        match path.as_str() {
+            "gc" if method == Method::POST => Ok(AdminOp::Gc {
+                dry_run: flag(query, "dryrun")?,
+                delete_untagged: flag(query, "deleteuntagged")?,
+                delete_referrers: flag(query, "deletereferrers")?,
+                grace: match query.get("grace") {
+                    None => None,
+                    Some(g) => Some(
+                        berth_types::duration::parse(g, Duration::from_secs(1))
+                            .map_err(|e| bad_query("grace period", e))?,
+                    ),
+                },
+            }),
+            "retention" if method == Method::POST => Ok(AdminOp::Retention { dry_run: flag(query, "dryrun")? }),
+            "gc" | "retention" => Err(not_allowed("POST")),
+            "quotas" if method == Method::GET || method == Method::HEAD => Ok(AdminOp::Quotas),
+            "quotas" => Err(not_allowed("GET, HEAD")),
+            p => match p.strip_prefix("repositories/") {
+                Some(name) if method == Method::DELETE => {
+                    let name = name.strip_suffix('/').unwrap_or(name);
+                    RepoName::parse(name)
+                        .map(AdminOp::DeleteRepository)
+                        .map_err(|e| ApiError::name_invalid(e.to_string()))
+                }
+                Some(_) => Err(not_allowed("DELETE")),
+                None => Err(ApiError::not_found()),
+            },
+        }
+    }
+
+    /// What the caller needs: an administrator, or a right on a repository.
+    fn need(&self) -> Option<Need> {
+        match self {
+            AdminOp::DeleteRepository(name) => {
+                Some(Need::Repository { name: name.clone(), actions: Actions::of(&[Action::Delete]) })
+            }
+            _ => None,
+        }
+    }
+}
 
 pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
-    let path = parts.uri.path().trim_start_matches("/_berth/");
+    let path = parts.uri.path().strip_prefix("/_berth/").unwrap_or_default();
     let query: HashMap<String, String> =
         parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
-    let flag = |k: &str| query.get(k).is_some_and(|v| v == "true" || v == "1");
-    let auth = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let result = match (&parts.method, path) {
-        (&Method::POST, "gc") => match admin(&state, auth).await.and_then(|()| grace(&state, &query)) {
-            Ok(grace) => {
-                let opts = GcOptions {
-                    grace,
-                    delete_untagged: flag("deleteuntagged"),
-                    delete_referrers: flag("deletereferrers"),
-                    dry_run: flag("dryrun"),
-                };
-                state.registry.collect_garbage(&opts, &NoProgress).await.map(|r| json(&r)).map_err(ApiError::from)
+    let peer = parts.extensions.get::<Peer>().copied();
+    let result = async {
+        let op = AdminOp::parse(&parts.method, path, &query)?;
+        // With authentication, deleting a repository is a right on it; every
+        // other operation, and all of them without authentication, is an
+        // administrator's.
+        match op.need().filter(|_| state.config.auth.is_some()) {
+            Some(need) => {
+                authz::authorize(&state, &parts.headers, &need).await?;
             }
-            Err(e) => Err(e),
-        },
-        (&Method::POST, "retention") => match admin(&state, auth).await {
-            Ok(()) => {
-                let l = &state.config.lifecycle;
-                state
-                    .registry
-                    .apply_retention(&l.retention, l.gc_grace, flag("dryrun"), &NoProgress)
-                    .await
-                    .map(|r| json(&r))
-                    .map_err(ApiError::from)
-            }
-            Err(e) => Err(e),
-        },
-        (&Method::GET, "quotas") => match admin(&state, auth).await {
-            Ok(()) => state.registry.quota_usage().await.map(|r| json(&r)).map_err(ApiError::from),
-            Err(e) => Err(e),
-        },
-        (&Method::DELETE, p) if p.starts_with("repositories/") => {
-            match RepoName::parse(p.trim_start_matches("repositories/").trim_end_matches('/')) {
-                Err(e) => Err(ApiError::name_invalid(e.to_string())),
-                Ok(name) => {
-                    let need = Need::Repository { name: name.clone(), actions: Actions::of(&[Action::Delete]) };
-                    match authorize(&state, auth, &need).await {
-                        Ok(_) => state
-                            .registry
-                            .delete_repository(&name)
-                            .await
-                            .map(|()| {
-                                let mut r = Response::new(Body::empty());
-                                *r.status_mut() = StatusCode::ACCEPTED;
-                                r
-                            })
-                            .map_err(ApiError::from),
-                        Err(e) => Err(e),
-                    }
-                }
-            }
+            None => authz::admin(&state, &parts.headers, peer).await?,
         }
-        _ => Err(ApiError::not_found()),
-    };
+        run(&state, op).await
+    }
+    .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// `grace=<duration>` (`90s`, `10m`, a bare number of seconds), else `gc.grace`.
-fn grace(state: &AppState, query: &HashMap<String, String>) -> Result<std::time::Duration, ApiError> {
-    match query.get("grace") {
-        None => Ok(state.config.lifecycle.gc_grace),
-        Some(g) => berth_types::duration::parse(g, std::time::Duration::from_secs(1))
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", "invalid grace period").with_detail(e)),
-    }
+async fn run(state: &AppState, op: AdminOp) -> Result<Response, ApiError> {
+    let reg = &state.registry;
+    let l = &state.config.lifecycle;
+    Ok(match op {
+        AdminOp::Gc { dry_run, delete_untagged, delete_referrers, grace } => {
+            let opts = GcOptions { grace: grace.unwrap_or(l.gc_grace), delete_untagged, delete_referrers, dry_run };
+            json(&reg.collect_garbage(&opts, &NoProgress).await?)
+        }
+        AdminOp::Retention { dry_run } => {
+            json(&reg.apply_retention(&l.retention, l.gc_grace, dry_run, &NoProgress).await?)
+        }
+        AdminOp::Quotas => json(&reg.quota_usage().await?),
+        AdminOp::DeleteRepository(name) => {
+            reg.delete_repository(&name).await?;
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::ACCEPTED;
+            r
+        }
+    })
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Response {
@@ -98,23 +145,65 @@ fn json<T: serde::Serialize>(v: &T) -> Response {
     r
 }
 
-async fn authorize(state: &AppState, auth: Option<&str>, need: &Need) -> Result<Grant, ApiError> {
-    let Some(authz) = &state.config.auth else { return Ok(berth_auth::open_grant()) };
-    let creds = Credentials { authorization: auth, base_url: "" };
-    authz.authorize(&creds, need).await.map_err(|r| match r {
-        Refusal::Unauthorized { challenge, message } => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
-                .with_header(header::WWW_AUTHENTICATE, &challenge)
-        }
-        Refusal::Denied => ApiError::new(StatusCode::FORBIDDEN, "DENIED", "requested access to the resource is denied"),
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn admin(state: &AppState, auth: Option<&str>) -> Result<(), ApiError> {
-    let grant = authorize(state, auth, &Need::Login).await?;
-    if !grant.is_admin() {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "DENIED", "requested access to the resource is denied")
-            .with_detail("administrators only (auth.access.admins)"));
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
-    Ok(())
+
+    #[test]
+    fn paths_parse_once_and_names_may_hold_the_route_words() {
+        let name = |s: &str| RepoName::parse(s).unwrap();
+        let none = q(&[]);
+        let cases: Vec<(Method, &str, Result<AdminOp, u16>)> = vec![
+            (Method::DELETE, "repositories/hdel", Ok(AdminOp::DeleteRepository(name("hdel")))),
+            (
+                Method::DELETE,
+                "repositories/repositories/hdel",
+                Ok(AdminOp::DeleteRepository(name("repositories/hdel"))),
+            ),
+            (
+                Method::DELETE,
+                "repositories/repositories/repositories/",
+                Ok(AdminOp::DeleteRepository(name("repositories/repositories"))),
+            ),
+            (Method::DELETE, "repositories/gc/quotas", Ok(AdminOp::DeleteRepository(name("gc/quotas")))),
+            (Method::DELETE, "repositories/a%2Fb", Ok(AdminOp::DeleteRepository(name("a/b")))),
+            (Method::DELETE, "repositories/", Err(400)),
+            (Method::DELETE, "repositories/Bad", Err(400)),
+            (Method::GET, "repositories/a", Err(405)),
+            (Method::GET, "quotas", Ok(AdminOp::Quotas)),
+            (Method::POST, "quotas", Err(405)),
+            (Method::POST, "retention", Ok(AdminOp::Retention { dry_run: false })),
+            (Method::GET, "gc", Err(405)),
+            (Method::POST, "gcx", Err(404)),
+            (Method::POST, "x/repositories/a", Err(404)),
+            (
+                Method::POST,
+                "gc",
+                Ok(AdminOp::Gc { dry_run: false, delete_untagged: false, delete_referrers: false, grace: None }),
+            ),
+        ];
+        for (m, path, want) in cases {
+            let got = AdminOp::parse(&m, path, &none).map_err(|e| e.status.as_u16());
+            assert_eq!(got, want, "{m} {path}");
+        }
+        let gc =
+            AdminOp::parse(&Method::POST, "gc", &q(&[("dryrun", "1"), ("deleteuntagged", "true"), ("grace", "90s")]));
+        assert_eq!(
+            gc.unwrap(),
+            AdminOp::Gc {
+                dry_run: true,
+                delete_untagged: true,
+                delete_referrers: false,
+                grace: Some(Duration::from_secs(90))
+            }
+        );
+        for bad in [("grace", "99999999999999999999999h"), ("grace", "18446744073709551616s"), ("dryrun", "maybe")] {
+            let e = AdminOp::parse(&Method::POST, "gc", &q(&[bad])).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.code), (400, "UNSUPPORTED"), "{bad:?}");
+        }
+    }
 }

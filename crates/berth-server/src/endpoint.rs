@@ -45,7 +45,22 @@ pub enum PathError {
     NameInvalid(String),
     DigestInvalid(String),
     TagInvalid(String),
+    /// A manifest reference that is neither a tag nor a digest: 400 for a
+    /// PUT, 404 for a read (no such manifest can exist).
+    ReferenceInvalid(Box<PathError>),
     UploadUnknown,
+}
+
+impl PathError {
+    /// What is wrong, in words.
+    pub fn detail(&self) -> String {
+        match self {
+            PathError::NotFound => "no such endpoint".into(),
+            PathError::NameInvalid(d) | PathError::DigestInvalid(d) | PathError::TagInvalid(d) => d.clone(),
+            PathError::ReferenceInvalid(e) => e.detail(),
+            PathError::UploadUnknown => "no upload has this id".into(),
+        }
+    }
 }
 
 fn name(s: &str) -> Result<RepoName, PathError> {
@@ -70,9 +85,11 @@ impl Endpoint {
         }
         let (prefix, last) = rest.rsplit_once('/').ok_or(PathError::NotFound)?;
         if let Some(n) = prefix.strip_suffix("/manifests") {
-            let reference = Reference::parse(last).map_err(|e| match e {
-                berth_types::ReferenceError::Digest(e) => PathError::DigestInvalid(e.to_string()),
-                berth_types::ReferenceError::Tag(e) => PathError::TagInvalid(e.to_string()),
+            let reference = Reference::parse(last).map_err(|e| {
+                PathError::ReferenceInvalid(Box::new(match e {
+                    berth_types::ReferenceError::Digest(e) => PathError::DigestInvalid(e.to_string()),
+                    berth_types::ReferenceError::Tag(e) => PathError::TagInvalid(e.to_string()),
+                }))
             })?;
             return Ok(Endpoint::Manifest { name: name(n)?, reference });
         }
@@ -81,7 +98,12 @@ impl Endpoint {
             if last.is_empty() {
                 return Ok(Endpoint::Uploads { name });
             }
+            // One spelling only, the one Berth hands out (lowercase, hyphenated):
+            // other spellings of the same id would be other URLs of one upload.
             let id = Uuid::parse_str(last).map_err(|_| PathError::UploadUnknown)?;
+            if id.hyphenated().to_string() != last {
+                return Err(PathError::UploadUnknown);
+            }
             return Ok(Endpoint::Upload { name, id });
         }
         if let Some(n) = prefix.strip_suffix("/blobs") {
@@ -169,8 +191,14 @@ mod tests {
             ),
             (
                 "a/manifests/bad!tag".into(),
-                Err(PathError::TagInvalid("invalid tag: must match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}".into())),
+                Err(PathError::ReferenceInvalid(Box::new(PathError::TagInvalid(
+                    "invalid tag: must match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}".into(),
+                )))),
             ),
+            (format!("a/blobs/uploads/{}", U.to_uppercase()), Err(PathError::UploadUnknown)),
+            (format!("a/blobs/uploads/{}", U.replace('-', "")), Err(PathError::UploadUnknown)),
+            (format!("a/blobs/uploads/{{{U}}}"), Err(PathError::UploadUnknown)),
+            (format!("a/blobs/uploads/urn:uuid:{U}"), Err(PathError::UploadUnknown)),
             ("A/tags/list".into(), Err(PathError::NameInvalid("invalid repository name component \"A\"".into()))),
             ("/tags/list".into(), Err(PathError::NameInvalid("repository name must not be empty".into()))),
             ("a".into(), Err(PathError::NotFound)),
@@ -178,7 +206,9 @@ mod tests {
             ("a/tags".into(), Err(PathError::NotFound)),
             (
                 "a/manifests/".into(),
-                Err(PathError::TagInvalid("invalid tag: must match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}".into())),
+                Err(PathError::ReferenceInvalid(Box::new(PathError::TagInvalid(
+                    "invalid tag: must match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}".into(),
+                )))),
             ),
         ];
         for (path, want) in cases {

@@ -67,6 +67,7 @@ impl From<PathError> for ApiError {
             PathError::TagInvalid(d) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "TAG_INVALID", "manifest tag did not match URI").with_detail(d)
             }
+            PathError::ReferenceInvalid(e) => ApiError::from(*e),
             PathError::UploadUnknown => {
                 ApiError::new(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry")
             }

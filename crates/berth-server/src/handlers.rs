@@ -7,7 +7,7 @@ use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use berth_auth::{Action, Actions, Credentials, Grant, Need, Refusal};
+use berth_auth::{Action, Actions, Grant, Need};
 use berth_registry::{BodyStream, ChunkRange, RegistryError, UploadStatus};
 use berth_types::{media, Digest, Reference, RepoName, MAX_MANIFEST_SIZE};
 use bytes::{Bytes, BytesMut};
@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::endpoint::{percent_decode, Endpoint};
+use crate::endpoint::{percent_decode, Endpoint, PathError};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -28,6 +28,8 @@ const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 /// Catalog page size when the client names none (distribution's default).
 const DEFAULT_CATALOG_PAGE: u64 = 100;
+/// Repositories looked at for a mount without `from`.
+const MAX_MOUNT_SOURCES: usize = 100;
 
 pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
@@ -37,35 +39,20 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
     let Some(rest) = percent_decode(rest) else { return ApiError::not_found().into_response() };
     let endpoint = match Endpoint::parse(&rest) {
         Ok(e) => e,
+        // No manifest can be found by a reference that is neither a tag nor a digest.
+        Err(PathError::ReferenceInvalid(e)) if is_get(&parts.method) => {
+            return ApiError::from(RegistryError::ManifestUnknown).with_detail(e.detail()).into_response()
+        }
         Err(e) => return ApiError::from(e).into_response(),
     };
     let m = &parts.method;
     let allow = endpoint.allowed_methods();
     let Some(need) = need_for(&endpoint, m) else { return method_not_allowed(m, allow).into_response() };
     let mut ctx = Ctx { state: &state, headers: &parts.headers, query: query_map(parts.uri.query()), grant: None };
-    if let Some(authz) = &state.config.auth {
-        let base = ctx.base_url();
-        let creds = Credentials {
-            authorization: parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
-            base_url: &base,
-        };
-        match authz.authorize(&creds, &need).await {
+    if state.config.auth.is_some() {
+        match crate::authz::authorize(&state, &parts.headers, &need).await {
             Ok(grant) => ctx.grant = Some(grant),
-            Err(Refusal::Unauthorized { challenge, message }) => {
-                return ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
-                    .with_header(header::WWW_AUTHENTICATE, &challenge)
-                    .into_response();
-            }
-            Err(Refusal::Denied) => {
-                // The detail matters: Docker retries a DENIED error that has none.
-                let detail = match &need {
-                    Need::Repository { name, actions } => format!("{actions} on {name} is not allowed"),
-                    _ => "not allowed".to_owned(),
-                };
-                return ApiError::new(StatusCode::FORBIDDEN, "DENIED", "requested access to the resource is denied")
-                    .with_detail(detail)
-                    .into_response();
-            }
+            Err(e) => return e.into_response(),
         }
     }
     let result = match endpoint {
@@ -261,43 +248,9 @@ impl Ctx<'_> {
         &self.state.registry
     }
 
-    /// The externally visible base URL, for absolute `Location` headers: the
-    /// configured `http.host`, else what a reverse proxy says, else the request's Host.
+    /// The externally visible base URL, for absolute `Location` headers.
     fn base_url(&self) -> String {
-        let cfg = &self.state.config;
-        if let Some(h) = &cfg.host {
-            return h.trim_end_matches('/').to_owned();
-        }
-        if cfg.relative_urls {
-            return String::new();
-        }
-        let first = |name: &str| {
-            self.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let mut proto = first("x-forwarded-proto");
-        let mut host = first("x-forwarded-host");
-        if let Some(fwd) = first("forwarded") {
-            for pair in fwd.split(';') {
-                if let Some((k, v)) = pair.split_once('=') {
-                    let v = v.trim().trim_matches('"').to_owned();
-                    match k.trim().to_ascii_lowercase().as_str() {
-                        "proto" if proto.is_none() => proto = Some(v),
-                        "host" if host.is_none() => host = Some(v),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        let proto = proto
-            .filter(|p| p == "http" || p == "https")
-            .unwrap_or_else(|| if cfg.tls { "https" } else { "http" }.to_owned());
-        let host = host.or_else(|| first("host")).unwrap_or_else(|| "localhost".to_owned());
-        format!("{proto}://{host}")
+        crate::authz::base_url(&self.state.config, self.headers)
     }
 
     fn blob_url(&self, name: &RepoName, digest: &Digest) -> String {
@@ -563,17 +516,11 @@ impl Ctx<'_> {
         if let Some(mount) = self.query.get("mount") {
             // Whatever keeps the mount from happening, the client gets a
             // normal upload session (202), as the spec and distribution do.
-            let digest = Digest::parse(mount).ok();
-            let from = self.query.get("from").and_then(|f| RepoName::parse(f).ok());
-            // A blob is mounted only from where the caller may pull.
-            let from = match (from, &self.grant) {
-                (Some(f), Some(g)) => g.may_pull(&f).await.then_some(f),
-                (f, None) => f,
-                (None, _) => None,
-            };
-            if let (Some(digest), Some(from)) = (digest, from) {
-                if self.registry().mount_blob(name, &from, &digest).await?.is_some() {
-                    return Ok(self.blob_created(name, &digest));
+            if let Ok(digest) = Digest::parse(mount) {
+                for from in self.mount_sources(&digest).await? {
+                    if self.registry().mount_blob(name, &from, &digest).await?.is_some() {
+                        return Ok(self.blob_created(name, &digest));
+                    }
                 }
             }
             let st = self.registry().start_upload(name).await?;
@@ -586,6 +533,28 @@ impl Ctx<'_> {
         }
         let st = self.registry().start_upload(name).await?;
         Ok(self.upload_response(StatusCode::ACCEPTED, name, &st))
+    }
+
+    /// Where a mount may take a blob from: `from`, or without it (and with
+    /// `uploads.automaticmount`) the repositories holding it, and of those
+    /// only what the caller may pull.
+    async fn mount_sources(&self, digest: &Digest) -> Result<Vec<RepoName>, ApiError> {
+        let candidates = match self.query.get("from") {
+            Some(f) => RepoName::parse(f).into_iter().collect(),
+            None if self.state.config.automatic_mount => {
+                self.registry().blob_sources(digest, MAX_MOUNT_SOURCES).await?
+            }
+            None => Vec::new(),
+        };
+        let Some(grant) = &self.grant else { return Ok(candidates) };
+        let mut allowed = Vec::new();
+        for c in candidates {
+            if grant.may_pull(&c).await {
+                allowed.push(c);
+                break;
+            }
+        }
+        Ok(allowed)
     }
 
     async fn upload_status(&self, name: &RepoName, id: &Uuid) -> ApiResult {

@@ -7,21 +7,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use berth_registry::Registry;
 use tracing::Instrument;
 
-mod admin;
+mod access_log;
+pub mod admin;
+mod authz;
 pub mod endpoint;
 pub mod error;
 mod handlers;
 mod serve;
 mod token;
 
-pub use serve::serve;
+pub use serve::{serve, BodyStalled, ConnectionLimits, Peer, PeerAddr};
 
 /// What the HTTP edge needs from the configuration (distribution's `http.*`
 /// and `catalog.*` keys).
@@ -39,12 +41,14 @@ pub struct ServerConfig {
     pub tls: bool,
     /// Log a line per request (`log.accesslog.disabled` turns it off).
     pub access_log: bool,
-    /// `log.fields` as JSON, attached to every request's log lines.
-    pub log_fields: Option<String>,
     /// Authentication and access control; None serves everyone everything.
     pub auth: Option<Arc<berth_auth::Authorizer>>,
     /// What the administration endpoints run with.
     pub lifecycle: LifecycleConfig,
+    /// A bearer token that opens the administration endpoints (`admin.tokenfile`).
+    pub admin_token: Option<String>,
+    /// A mount without `from` looks for the blob in repositories the caller may pull.
+    pub automatic_mount: bool,
 }
 
 /// Settings of on-demand collection and retention.
@@ -69,9 +73,10 @@ impl Default for ServerConfig {
             catalog_max_entries: 1000,
             tls: false,
             access_log: true,
-            log_fields: None,
             auth: None,
             lifecycle: LifecycleConfig::default(),
+            admin_token: None,
+            automatic_mount: true,
         }
     }
 }
@@ -87,6 +92,12 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole HTTP service.
 pub fn router(registry: Registry, config: ServerConfig) -> Router {
+    router_with(registry, config, Router::new())
+}
+
+/// The HTTP service with `extra` routes served beside the API, behind the
+/// same edge (request ids, common headers, access log, panic guard).
+pub fn router_with(registry: Registry, config: ServerConfig, extra: Router) -> Router {
     let token_path = config.auth.as_ref().and_then(|a| a.token_path().map(str::to_owned));
     let state = AppState { registry, config: Arc::new(config) };
     let mut router = Router::new();
@@ -100,20 +111,49 @@ pub fn router(registry: Registry, config: ServerConfig) -> Router {
         .route("/v2/", axum::routing::any(handlers::dispatch))
         .route("/v2/{*rest}", axum::routing::any(handlers::dispatch))
         .fallback(|| async { error::ApiError::not_found().into_response() })
-        .layer(middleware::from_fn_with_state(state.clone(), common_headers))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(extra)
+        .layer(middleware::from_fn(catch_panic))
+        .layer(middleware::from_fn_with_state(state, common_headers))
 }
 
-/// Gives each request an id and a span, adds the headers every response
-/// carries, and writes the access log line.
+/// The last line of defence: a handler that panics answers 500 and is
+/// logged, and its connection goes on serving.
+async fn catch_panic(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            tracing::error!(panic = %what, "a request handler panicked");
+            error::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "internal server error")
+                .into_response()
+        }
+    }
+}
+
+/// Gives each request an id and a span with distribution's request fields,
+/// adds the headers every response carries, and writes the access log line
+/// once the response body has been sent (or given up).
 async fn common_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let span = match &state.config.log_fields {
-        Some(f) => tracing::info_span!("request", id = %id, method = %method, path = %path, fields = %f),
-        None => tracing::info_span!("request", id = %id, method = %method, path = %path),
-    };
+    let h = req.headers();
+    let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let peer = req.extensions().get::<Peer>().map(|p| p.to_string()).unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        "http.request.id" = %id,
+        "http.request.method" = %req.method(),
+        "http.request.uri" = %logged_uri(req.uri()),
+        "http.request.host" = %text(header::HOST),
+        "http.request.remoteaddr" = %peer,
+        "http.request.useragent" = %text(header::USER_AGENT),
+        "auth.user.name" = tracing::field::Empty,
+    );
     let start = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let h = resp.headers_mut();
@@ -124,9 +164,24 @@ async fn common_headers(State(state): State<AppState>, req: Request, next: Next)
     for (k, v) in &state.config.headers {
         h.insert(k.clone(), v.clone());
     }
-    if state.config.access_log {
-        let _e = span.enter();
-        tracing::info!(status = resp.status().as_u16(), elapsed_ms = start.elapsed().as_secs_f64() * 1e3, "response");
+    if !state.config.access_log {
+        return resp;
     }
-    resp
+    let status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let body = access_log::Logged::new(body, span, start, status);
+    Response::from_parts(parts, axum::body::Body::new(body))
+}
+
+/// The path and query of a request, with secret query values masked.
+fn logged_uri(uri: &axum::http::Uri) -> String {
+    let Some(q) = uri.query() else { return uri.path().to_owned() };
+    let masked: Vec<String> = q
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if ["password", "refresh_token", "token", "client_secret"].contains(&k) => format!("{k}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{}?{}", uri.path(), masked.join("&"))
 }

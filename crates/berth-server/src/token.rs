@@ -7,7 +7,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_auth::issuer::{TokenError, TokenRequest};
-use berth_auth::Scope;
+use berth_auth::{Need, Refusal, Scope};
 use http_body_util::BodyExt;
 
 use crate::error::ApiError;
@@ -59,7 +59,11 @@ pub(crate) async fn token(State(state): State<AppState>, req: Request) -> Respon
             r
         }
         Err(TokenError::Unauthorized) => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required").into_response()
+            let refusal = Refusal::Unauthorized {
+                challenge: authz.password_challenge(),
+                message: "invalid username, password or refresh token",
+            };
+            crate::authz::refusal(refusal, &Need::Login).into_response()
         }
         Err(TokenError::Invalid(m)) => bad_request(&m),
     }

@@ -216,9 +216,9 @@ async fn cross_repository_mount() {
     assert_eq!(r.header("location"), format!("http://registry.test:5000/v2/dst/blobs/{d}"));
     assert_eq!(r.header("docker-content-digest"), d.as_str());
     app.get(&format!("/v2/dst/blobs/{d}")).await.expect(200);
-    // Source lacks it, or is no valid name, or is absent: a normal upload session.
+    // Source lacks it, or is no valid name: a normal upload session.
     let other = Digest::of_bytes(b"not there");
-    for q in [format!("mount={other}&from=src/repo"), format!("mount={d}&from=NOPE"), format!("mount={d}")] {
+    for q in [format!("mount={other}&from=src/repo"), format!("mount={d}&from=NOPE"), format!("mount={other}")] {
         let r = app.send(Method::POST, &format!("/v2/dst2/blobs/uploads/?{q}"), &[], Bytes::new()).await;
         r.expect(202);
         assert!(!r.header("docker-upload-uuid").is_empty());
@@ -227,6 +227,16 @@ async fn cross_repository_mount() {
     let r = app.send(Method::POST, "/v2/dst/blobs/uploads/?mount=bad&from=src/repo", &[], Bytes::new()).await;
     r.expect(202);
     assert!(!r.header("docker-upload-uuid").is_empty());
+    // Without `from`, the blob is found where it is (the OCI spec's automatic mount).
+    let r = app.send(Method::POST, &format!("/v2/dst3/blobs/uploads/?mount={d}"), &[], Bytes::new()).await;
+    r.expect(201);
+    app.get(&format!("/v2/dst3/blobs/{d}")).await.expect(200);
+    // uploads.automaticmount: false turns that off.
+    let off =
+        TestApp::with(RegistryConfig::default(), ServerConfig { automatic_mount: false, ..Default::default() }).await;
+    let d = off.push_blob("src/repo", b"shared layer").await;
+    off.send(Method::POST, &format!("/v2/dst/blobs/uploads/?mount={d}"), &[], Bytes::new()).await.expect(202);
+    off.get(&format!("/v2/dst/blobs/{d}")).await.expect_error(404, "BLOB_UNKNOWN");
 }
 
 #[tokio::test]
@@ -417,6 +427,7 @@ async fn read_only_mode_refuses_writes_and_serves_reads() {
         .await,
         dir: app.dir.clone(),
         headers: Vec::new(),
+        peer: LOCAL,
     };
     let r = ro.get("/v2/r/manifests/t").await;
     r.expect(200);
@@ -530,7 +541,21 @@ async fn invalid_names_methods_and_paths() {
     app.get(&format!("/v2/{long}/tags/list")).await.expect_error(400, "NAME_INVALID");
     app.send(Method::POST, "/v2/Bad/blobs/uploads/", &[], Bytes::new()).await.expect_error(400, "NAME_INVALID");
     app.get("/v2/a/blobs/sha256:123").await.expect_error(400, "DIGEST_INVALID");
-    app.get("/v2/a/manifests/-bad").await.expect_error(400, "TAG_INVALID");
+    // A read of a reference that is neither a tag nor a digest finds nothing (end-3: 404 only);
+    // a write of one is refused as invalid.
+    app.get("/v2/a/manifests/-bad").await.expect_error(404, "MANIFEST_UNKNOWN");
+    app.get("/v2/a/manifests/sha256:123").await.expect_error(404, "MANIFEST_UNKNOWN");
+    app.send(Method::HEAD, "/v2/a/manifests/-bad", &[], Bytes::new()).await.expect(404);
+    app.send(Method::PUT, "/v2/a/manifests/-bad", &[], Bytes::new()).await.expect_error(400, "TAG_INVALID");
+    app.send(Method::PUT, "/v2/a/manifests/sha256:123", &[], Bytes::new()).await.expect_error(400, "DIGEST_INVALID");
+    // Upload ids in the one spelling Berth hands out.
+    let r = app.send(Method::POST, "/v2/a/blobs/uploads/", &[], Bytes::new()).await;
+    r.expect(202);
+    let id = r.header("docker-upload-uuid").to_owned();
+    app.get(&format!("/v2/a/blobs/uploads/{id}")).await.expect(204);
+    for other in [id.to_uppercase(), id.replace('-', ""), format!("{{{id}}}")] {
+        app.get(&format!("/v2/a/blobs/uploads/{other}")).await.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    }
     let r = app.send(Method::POST, "/v2/a/manifests/latest", &[], Bytes::new()).await;
     r.expect_error(405, "UNSUPPORTED");
     assert_eq!(r.header("allow"), "GET, HEAD, PUT, DELETE");
@@ -656,6 +681,8 @@ async fn gc_endpoint_collects_with_its_own_or_the_asked_grace_period() {
     r.expect(200);
     assert_eq!(r.json()["blobs_deleted"], 0);
     app.send(Method::HEAD, &format!("/v2/gc/app/blobs/{d}"), &[], "").await.expect(200);
+    // The read moved the blob's use time to now: let "now" pass for a grace of 0s.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 
     app.send(Method::POST, "/_berth/gc?grace=soon", &[], "").await.expect_error(400, "UNSUPPORTED");
     let r = app.send(Method::POST, "/_berth/gc?grace=0s&dryrun=true", &[], "").await;
@@ -666,4 +693,103 @@ async fn gc_endpoint_collects_with_its_own_or_the_asked_grace_period() {
     assert_eq!((r.json()["blobs_deleted"].clone(), r.json()["bytes_freed"].clone()), (1.into(), orphan.len().into()));
     app.send(Method::HEAD, &format!("/v2/gc/app/blobs/{d}"), &[], "").await.expect(404);
     app.send(Method::GET, "/_berth/nothing", &[], "").await.expect_error(404, "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn without_auth_administration_answers_only_on_this_machine() {
+    let app = TestApp::new().await;
+    let (untagged, _) = app.push_image("victim/app", "t", b"layer of an image about to lose its tag").await;
+    app.send(Method::DELETE, "/v2/victim/app/manifests/t", &[], "").await.expect(202);
+    // From the network, or from anywhere through a proxy on this machine: refused, nothing deleted.
+    let remote = app.asked_from(REMOTE);
+    for (who, headers) in [(&remote, vec![]), (&app, vec![("x-forwarded-for", "192.0.2.7")])] {
+        for (m, uri) in [
+            (Method::POST, "/_berth/gc?deleteuntagged=true&grace=0s"),
+            (Method::POST, "/_berth/retention"),
+            (Method::GET, "/_berth/quotas"),
+            (Method::DELETE, "/_berth/repositories/victim/app"),
+        ] {
+            let r = who.send(m.clone(), uri, &headers, "").await;
+            r.expect_error(403, "DENIED");
+        }
+    }
+    app.get(&format!("/v2/victim/app/manifests/{untagged}")).await.expect(200);
+    // On this machine it runs.
+    let r = app.send(Method::POST, "/_berth/gc?deleteuntagged=true&grace=0s", &[], "").await;
+    r.expect(200);
+    assert_eq!(r.json()["manifests_deleted"], 1);
+    app.get(&format!("/v2/victim/app/manifests/{untagged}")).await.expect_error(404, "MANIFEST_UNKNOWN");
+}
+
+#[tokio::test]
+async fn an_admin_token_opens_administration_from_anywhere() {
+    let token = "0123456789abcdef-admin";
+    let app = TestApp::with(
+        RegistryConfig { delete_enabled: true, ..Default::default() },
+        ServerConfig { admin_token: Some(token.into()), ..Default::default() },
+    )
+    .await;
+    let remote = app.asked_from(REMOTE);
+    remote.send(Method::GET, "/_berth/quotas", &[], "").await.expect_error(403, "DENIED");
+    remote
+        .send(Method::GET, "/_berth/quotas", &[("authorization", "Bearer wrong-token-of-length")], "")
+        .await
+        .expect(403);
+    remote.send(Method::GET, "/_berth/quotas", &[("authorization", &format!("Bearer {token}"))], "").await.expect(200);
+}
+
+#[tokio::test]
+async fn administration_paths_name_the_repository_they_say() {
+    let app = TestApp::new().await;
+    app.push_image("hdel", "t", b"layer of hdel").await;
+    app.push_image("repositories/hdel", "t", b"layer of repositories/hdel").await;
+    app.send(Method::DELETE, "/_berth/repositories/repositories/hdel", &[], "").await.expect(202);
+    app.get("/v2/repositories/hdel/manifests/t").await.expect_error(404, "MANIFEST_UNKNOWN");
+    app.get("/v2/hdel/manifests/t").await.expect(200);
+    app.send(Method::DELETE, "/_berth/repositories/nothing/here", &[], "").await.expect_error(404, "NAME_UNKNOWN");
+}
+
+#[tokio::test]
+async fn collections_that_delete_manifests_need_deletes_and_a_writable_registry() {
+    let no_deletes =
+        TestApp::with(RegistryConfig { delete_enabled: false, ..Default::default() }, ServerConfig::default()).await;
+    no_deletes
+        .send(Method::POST, "/_berth/gc?deleteuntagged=true&grace=0s", &[], "")
+        .await
+        .expect_error(405, "UNSUPPORTED");
+    no_deletes.send(Method::DELETE, "/_berth/repositories/a", &[], "").await.expect_error(405, "UNSUPPORTED");
+    // A collection of unreferenced blobs needs neither (distribution's garbage-collect).
+    no_deletes.send(Method::POST, "/_berth/gc?grace=0s", &[], "").await.expect(200);
+    no_deletes.send(Method::POST, "/_berth/gc?deleteuntagged=true&dryrun=true", &[], "").await.expect(200);
+
+    let read_only = TestApp::with(
+        RegistryConfig { delete_enabled: true, read_only: true, ..Default::default() },
+        ServerConfig::default(),
+    )
+    .await;
+    read_only
+        .send(Method::POST, "/_berth/gc?deleteuntagged=true&grace=0s", &[], "")
+        .await
+        .expect_error(405, "UNSUPPORTED");
+    read_only.send(Method::POST, "/_berth/retention", &[], "").await.expect_error(405, "UNSUPPORTED");
+    read_only.send(Method::DELETE, "/_berth/repositories/a", &[], "").await.expect_error(405, "UNSUPPORTED");
+    read_only.send(Method::POST, "/_berth/gc?grace=0s", &[], "").await.expect(200);
+}
+
+#[tokio::test]
+async fn the_largest_grace_periods_keep_everything() {
+    let app = TestApp::new().await;
+    let d = app.push_blob("g/app", b"a blob whose manifest is still being pushed").await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // The largest grace periods accepted (Go's largest duration): the cutoff saturates, nothing goes.
+    for grace in ["2562047h", "9223372036854ms", "9223372036s"] {
+        let r = app.send(Method::POST, &format!("/_berth/gc?grace={grace}"), &[], "").await;
+        r.expect(200);
+        assert_eq!(r.json()["blobs_deleted"], 0, "{grace}");
+    }
+    // Beyond it: refused, never wrapped into a cutoff in the future.
+    for grace in ["18446744073708551s", "99999999999999999999999h", "18446744073709551616s", "2562047h2562047h"] {
+        app.send(Method::POST, &format!("/_berth/gc?grace={grace}"), &[], "").await.expect_error(400, "UNSUPPORTED");
+    }
+    app.send(Method::HEAD, &format!("/v2/g/app/blobs/{d}"), &[], "").await.expect(200);
 }

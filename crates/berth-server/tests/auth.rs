@@ -56,7 +56,7 @@ fn htpasswd(dir: &Path) -> HtpasswdConfig {
 }
 
 async fn app_with(auth: AuthConfig) -> TestApp {
-    let mut a = Authorizer::new(auth).unwrap().unwrap();
+    let mut a = Authorizer::new(auth, None).unwrap().unwrap();
     Arc::get_mut(&mut a).unwrap().failure_delay = Duration::from_millis(1);
     let sc = ServerConfig { auth: Some(a), ..ServerConfig::default() };
     TestApp::with(RegistryConfig { delete_enabled: true, read_only: false, ..Default::default() }, sc).await
@@ -67,9 +67,10 @@ async fn htpasswd_users_are_held_to_their_rules() {
     let dir = tempfile::tempdir().unwrap();
     let app =
         app_with(AuthConfig { htpasswd: Some(htpasswd(dir.path())), access: rules(), ..Default::default() }).await;
+    // An anonymous rule turns on the token flow, which Docker needs to pull anonymously.
     let r = app.get("/v2/").await;
     r.expect_error(401, "UNAUTHORIZED");
-    assert_eq!(r.header("www-authenticate"), "Basic realm=\"Berth\"");
+    assert_eq!(r.header("www-authenticate"), "Bearer realm=\"http://registry.test:5000/auth/token\",service=\"berth\"");
     app.authorized(&basic("alice", "wrong")).get("/v2/").await.expect_error(401, "UNAUTHORIZED");
 
     let alice = app.authorized(&basic("alice", "alice-pw"));
@@ -104,11 +105,35 @@ async fn htpasswd_users_are_held_to_their_rules() {
         .send(Method::POST, &format!("/v2/carol/app2/blobs/uploads/?mount={layer}&from=carol/app"), &[], Bytes::new())
         .await;
     r.expect(201);
-    // Anonymous callers pull public repositories and nothing else.
+    // Without `from`, a mount looks only where the caller may pull.
+    let hidden = berth_types::Digest::of_bytes(b"only in secret/x");
+    alice.push_blob("secret/x", b"only in secret/x").await;
+    let r = carol.send(Method::POST, &format!("/v2/carol/app3/blobs/uploads/?mount={hidden}"), &[], Bytes::new()).await;
+    r.expect(202);
+    carol.get(&format!("/v2/carol/app3/blobs/{hidden}")).await.expect_error(404, "BLOB_UNKNOWN");
+    let r = alice.send(Method::POST, &format!("/v2/team/app3/blobs/uploads/?mount={hidden}"), &[], Bytes::new()).await;
+    r.expect(201);
+    // Anonymous callers pull public repositories and nothing else, also
+    // with the empty credentials skopeo and podman send.
     app.get("/v2/public/base/manifests/v1").await.expect(200);
+    app.authorized("Basic Og==").get("/v2/public/base/manifests/v1").await.expect(200);
     let r = app.get("/v2/team/app/manifests/v1").await;
     r.expect_error(401, "UNAUTHORIZED");
-    assert_eq!(r.header("www-authenticate"), "Basic realm=\"Berth\"");
+    assert_eq!(
+        r.header("www-authenticate"),
+        "Bearer realm=\"http://registry.test:5000/auth/token\",service=\"berth\",scope=\"repository:team/app:pull\""
+    );
+    // The token endpoint gives anonymous callers a token for what they may pull.
+    let t = app.get("/auth/token?service=berth&scope=repository:public/base:pull,push").await;
+    t.expect(200);
+    assert_eq!(t.json()["scope"], "repository:public/base:pull");
+    let anon = app.authorized(&format!("Bearer {}", t.json()["token"].as_str().unwrap()));
+    anon.get("/v2/").await.expect(200);
+    anon.get("/v2/public/base/manifests/v1").await.expect(200);
+    // A wrong password at the token endpoint: 401 with a challenge for the password.
+    let bad = app.authorized(&basic("alice", "wrong")).get("/auth/token?service=berth").await;
+    bad.expect_error(401, "UNAUTHORIZED");
+    assert_eq!(bad.header("www-authenticate"), "Basic realm=\"Berth\"");
     // The catalog shows what each caller may pull.
     let names = |r: Resp| r.json()["repositories"].clone();
     // (carol/app2 holds a blob but no manifest, so it is not in the catalog.)
@@ -485,6 +510,7 @@ fn external_config(validate_url: &str, authorize_url: Option<&str>) -> AuthConfi
             realm: "Corp".into(),
             validate: call(validate_url, true),
             authorize: authorize_url.map(|u| call(u, false)),
+            lookup: None,
         }),
         // Every authenticated user may do everything the authorization service allows.
         access: AccessConfig {

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use berth_metadata::Metadata;
 use berth_registry::{Registry, RegistryConfig};
-use berth_server::ServerConfig;
+use berth_server::{Peer, ServerConfig};
 use berth_storage::fs::FsDriver;
 use berth_types::{media, Digest};
 use bytes::Bytes;
@@ -21,7 +21,16 @@ pub struct TestApp {
     pub router: Router,
     /// Sent with every request (credentials, say).
     pub headers: Vec<(String, String)>,
+    /// Where requests come from, as the accept loop would say (loopback unless set).
+    pub peer: Peer,
 }
+
+/// A client on this machine.
+pub const LOCAL: Peer =
+    Peer::Tcp(std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000));
+/// A client elsewhere on the network.
+pub const REMOTE: Peer =
+    Peer::Tcp(std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)), 40000));
 
 pub struct Resp {
     pub status: StatusCode,
@@ -74,7 +83,7 @@ impl TestApp {
 
     pub async fn at(dir: tempfile::TempDir, rc: RegistryConfig, sc: ServerConfig) -> Self {
         let router = Self::open(dir.path(), rc, sc).await;
-        TestApp { dir: Arc::new(dir), router, headers: Vec::new() }
+        TestApp { dir: Arc::new(dir), router, headers: Vec::new(), peer: LOCAL }
     }
 
     pub async fn open(dir: &std::path::Path, rc: RegistryConfig, sc: ServerConfig) -> Router {
@@ -91,7 +100,9 @@ impl TestApp {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let resp = self.router.clone().oneshot(b.body(Body::from(body.into())).unwrap()).await.unwrap();
+        let mut req = b.body(Body::from(body.into())).unwrap();
+        req.extensions_mut().insert(self.peer);
+        let resp = self.router.clone().oneshot(req).await.unwrap();
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         assert_eq!(
@@ -108,7 +119,13 @@ impl TestApp {
             dir: self.dir.clone(),
             router: self.router.clone(),
             headers: vec![("authorization".into(), value.into())],
+            peer: self.peer,
         }
+    }
+
+    /// The same registry, asked from `peer`.
+    pub fn asked_from(&self, peer: Peer) -> TestApp {
+        TestApp { dir: self.dir.clone(), router: self.router.clone(), headers: self.headers.clone(), peer }
     }
 
     pub async fn get(&self, uri: &str) -> Resp {
