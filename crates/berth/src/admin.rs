@@ -56,15 +56,6 @@ fn bar() -> Bar {
     Bar(b)
 }
 
-// Reports go to stdout line by line; a reader that went away (`| head`)
-// ends the output, not the process.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
-}
-
 fn print_gc(r: &GcReport) {
     let verb = if r.dry_run { "would delete" } else { "deleted" };
     out!(
@@ -154,7 +145,10 @@ fn server_url(cfg: &Config) -> Result<String> {
 
 async fn remote(cfg: &Config, cmd: Command) -> Result<()> {
     let base = server_url(cfg)?;
-    eprintln!("a server runs on this store; asking it at {base}");
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), "a server runs on this store; asking it at {base}");
+    }
     let client = reqwest::Client::builder().timeout(Duration::from_secs(24 * 3600)).build()?;
     let flag = |b: bool| if b { "true" } else { "false" };
     let req = match &cmd {
@@ -171,15 +165,40 @@ async fn remote(cfg: &Config, cmd: Command) -> Result<()> {
         Command::DeleteRepository { name } => client.delete(format!("{base}/_berth/repositories/{name}")),
         Command::Quotas => client.get(format!("{base}/_berth/quotas")),
     };
-    let req = match (std::env::var("BERTH_USER"), std::env::var("BERTH_PASSWORD")) {
-        (Ok(u), Ok(p)) => req.basic_auth(u, Some(p)),
+    let user = std::env::var("BERTH_USER").ok().filter(|u| !u.is_empty());
+    let token = cfg.admin.token()?;
+    let req = match (&token, &user, std::env::var("BERTH_PASSWORD")) {
+        (Some(t), _, _) => req.bearer_auth(t),
+        (None, Some(u), Ok(p)) => req.basic_auth(u, Some(p)),
         _ => req,
     };
     let resp = req.send().await.with_context(|| format!("asking the server at {base}"))?;
     let status = resp.status();
     let body = resp.text().await?;
     if !status.is_success() {
-        bail!("the server answered {status}: {body}");
+        // Say what the server refused and what to set.
+        let detail = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                let e = &v["errors"][0];
+                let m = e["message"].as_str()?.to_owned();
+                Some(match e["detail"].as_str() {
+                    Some(d) => format!("{m}: {d}"),
+                    None => m,
+                })
+            })
+            .unwrap_or(body);
+        let hint = match (status.as_u16(), &user) {
+            (401, None) => "; set BERTH_USER and BERTH_PASSWORD to an administrator's credentials (auth.access.admins)",
+            (401, Some(_)) => "; BERTH_USER and BERTH_PASSWORD were refused: check them",
+            (403, Some(_)) => "; BERTH_USER is not allowed this: list it in auth.access.admins (or a group: there)",
+            (403, None) => {
+                "; with no auth configured, run this on the server's machine, or give it admin.tokenfile; \
+                 with auth, set BERTH_USER and BERTH_PASSWORD to an administrator's credentials"
+            }
+            _ => "",
+        };
+        bail!("the server at {base} answered {status}: {detail}{hint}");
     }
     match cmd {
         Command::Gc { .. } => print_gc(&serde_json::from_str(&body)?),

@@ -26,20 +26,101 @@ pub enum Mode {
     Maintain,
 }
 
+/// Validates the whole configuration, with the files it names (htpasswd,
+/// certificate bundles, keys, token files) and credentials from the
+/// environment, creating nothing; prints the effective settings, secrets
+/// masked, and "configuration OK" only when all of it holds.
 pub fn check_config(file: &Path) -> Result<()> {
     let cfg = Config::load(Some(file), std::env::vars())?;
-    let (storage, db) = describe_storage(&cfg);
-    println!("configuration OK: {}", file.display());
-    println!("  listen:   {} ({})", cfg.http.addr, cfg.http.net);
-    println!("  storage:  {storage}");
-    println!("  metadata: {db}");
-    println!("  deletes:  {}", if cfg.storage.delete.enabled { "enabled" } else { "disabled" });
-    match berth_auth::Authorizer::new(cfg.auth.clone())? {
-        Some(a) => println!("  auth:     {}", a.mode()),
-        None => println!("  auth:     none (everyone may pull, push and delete)"),
+    let env = |k: &str| std::env::var(k).ok();
+    let auth = berth_auth::Authorizer::check(&cfg.auth)?;
+    cfg.admin.token()?;
+    if cfg.object_store(&env)?.is_some() {
+        crate::config::ca_bundle(&env)?;
     }
+    let (storage, db) = describe_storage(&cfg);
+    let mut out = Vec::new();
+    out.push(format!("  listen:    {} ({})", cfg.http.addr, cfg.http.net));
+    out.push(format!("  storage:   {storage}"));
+    out.push(format!("  metadata:  {db}"));
+    out.push(format!("  deletes:   {}", if cfg.storage.delete.enabled { "enabled" } else { "disabled" }));
     if cfg.storage.maintenance.readonly.enabled {
-        println!("  read-only mode");
+        out.push("  read-only: every write is refused".to_owned());
+    }
+    match &auth {
+        Some(mode) => out.push(format!("  auth:      {mode}")),
+        None => out.push("  auth:      none (everyone may pull, push and delete)".to_owned()),
+    }
+    let access = &cfg.auth.access;
+    if cfg.auth.enabled() && access.rules.is_empty() {
+        out.push("  access:    every authenticated user may do everything, anonymous callers nothing".to_owned());
+    }
+    for r in &access.rules {
+        let who = [
+            (!r.users.is_empty()).then(|| format!("users {}", r.users.join(","))),
+            (!r.groups.is_empty()).then(|| format!("groups {}", r.groups.join(","))),
+            r.authenticated.then(|| "every authenticated user".to_owned()),
+            r.anonymous.then(|| "anonymous callers".to_owned()),
+        ];
+        let who: Vec<String> = who.into_iter().flatten().collect();
+        let actions: Vec<&str> = r.actions.iter().map(|a| a.as_str()).collect();
+        out.push(format!(
+            "  rule:      {} may {} on {}",
+            who.join(" and "),
+            actions.join(","),
+            r.repositories.join(" ")
+        ));
+    }
+    let admins = if !access.admins.is_empty() {
+        access.admins.join(", ")
+    } else if cfg.auth.enabled() {
+        "none (auth.access.admins is empty: no one may run gc, retention or quotas remotely)".to_owned()
+    } else {
+        "callers on this machine (no auth)".to_owned()
+    };
+    let admins =
+        if cfg.admin.tokenfile.is_some() { format!("{admins}; and the admin.tokenfile token") } else { admins };
+    out.push(format!("  admins:    {admins}"));
+    let gc = &cfg.gc;
+    out.push(format!(
+        "  gc:        {}, grace {:?}{}{}",
+        if gc.enabled { format!("every {:?}", gc.interval) } else { "on demand".to_owned() },
+        gc.grace,
+        if gc.deleteuntagged { ", untagged manifests too" } else { "" },
+        if gc.dryrun { ", dry run" } else { "" }
+    ));
+    for p in cfg.retention_policies()? {
+        let mut what = Vec::new();
+        if let Some(n) = p.keep_last {
+            what.push(format!("keep the newest {n}"));
+        }
+        if !p.keep_tags.is_empty() {
+            what.push(format!("keep tags {}", p.keep_tags.join(",")));
+        }
+        if let Some(a) = p.older_than {
+            what.push(format!("delete tags unused for {a:?}"));
+        }
+        if p.delete_untagged {
+            what.push("delete untagged manifests".to_owned());
+        }
+        let repos: Vec<String> = cfg
+            .retention
+            .policies
+            .iter()
+            .find(|c| c.keeplast == p.keep_last && c.keeptags == p.keep_tags)
+            .map(|c| c.repositories.clone())
+            .unwrap_or_default();
+        out.push(format!("  retention: {}: {}", repos.join(" "), what.join(", ")));
+    }
+    for q in cfg.quota_limits()? {
+        out.push(format!("  quota:     {} at most {} bytes", q.namespace, q.limit));
+    }
+    for w in &cfg.warnings {
+        out.push(format!("  warning:   {w}"));
+    }
+    crate::out!("configuration OK: {}", file.display());
+    for line in out {
+        crate::out!("{line}");
     }
     Ok(())
 }
@@ -175,9 +256,13 @@ pub(crate) async fn build(cfg: &Config, mode: Mode) -> Result<Built> {
             progress.finish();
             tracing::info!(?summary, "store indexed");
             if mode == Mode::Import {
-                println!(
+                crate::out!(
                     "imported {} repositories: {} blobs, {} manifests, {} tags ({} entries skipped)",
-                    summary.repositories, summary.blobs, summary.manifests, summary.tags, summary.skipped
+                    summary.repositories,
+                    summary.blobs,
+                    summary.manifests,
+                    summary.tags,
+                    summary.skipped
                 );
             }
         }
@@ -221,16 +306,31 @@ impl ImportProgress for Progress {
     }
 }
 
+/// A bound listener: bound before anything is created on disk, so a port in
+/// use leaves the disk as it was.
+enum Bound {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+async fn bind(cfg: &Config) -> Result<Bound> {
+    if cfg.http.net == "unix" {
+        let path = PathBuf::from(&cfg.http.addr);
+        let _ = std::fs::remove_file(&path);
+        let l = tokio::net::UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
+        return Ok(Bound::Unix(l, path));
+    }
+    let addr = if cfg.http.addr.starts_with(':') { format!("0.0.0.0{}", cfg.http.addr) } else { cfg.http.addr.clone() };
+    let l = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
+    Ok(Bound::Tcp(l))
+}
+
 pub fn run(mode: Mode, config_file: Option<PathBuf>) -> Result<()> {
     let cfg = Config::load(config_file.as_deref(), std::env::vars())?;
     crate::logging::init(&cfg);
-    let _lock = match lock_store(&cfg)? {
-        Some(Err(())) => anyhow::bail!(
-            "another berth server uses the store at {}; stop it first (maintenance commands talk to it instead)",
-            fs_root(&cfg).display()
-        ),
-        other => other,
-    };
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     // Blocking threads each get an allocator arena; a bound keeps memory predictable.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(64)
@@ -238,18 +338,33 @@ pub fn run(mode: Mode, config_file: Option<PathBuf>) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
+        let listener = match mode {
+            Mode::Serve => Some(bind(&cfg).await?),
+            _ => None,
+        };
+        let _lock = match lock_store(&cfg)? {
+            Some(Err(())) => anyhow::bail!(
+                "another berth server uses the store at {}; stop it first (maintenance commands talk to it instead)",
+                fs_root(&cfg).display()
+            ),
+            other => other,
+        };
         let built = build(&cfg, mode).await?;
-        match mode {
-            Mode::Import => {
+        match listener {
+            None => {
                 built.registry.metadata().close().await;
                 Ok(())
             }
-            Mode::Serve | Mode::Maintain => serve(&cfg, built).await,
+            Some(listener) => serve(&cfg, built, listener).await,
         }
     })
 }
 
-async fn serve(cfg: &Config, built: Built) -> Result<()> {
+/// Where the metadata keeps the signing key of the issuer Berth runs for
+/// anonymous rules, shared by every instance on the database.
+const IMPLICIT_KEY: &str = "token_signing_key";
+
+async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
     let registry = built.registry.clone();
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
@@ -260,7 +375,13 @@ async fn serve(cfg: &Config, built: Built) -> Result<()> {
     }
     let workers = crate::jobs::start(cfg, &registry, &shutdown)?;
 
-    let auth = berth_auth::Authorizer::new(cfg.auth.clone())?;
+    let implicit_key = if cfg.auth.wants_implicit_issuer() {
+        let fresh = berth_auth::issuer::generate_key_pem()?;
+        Some(registry.metadata().meta_or_insert(IMPLICIT_KEY, &fresh).await.context("storing the token signing key")?)
+    } else {
+        None
+    };
+    let auth = berth_auth::Authorizer::new(cfg.auth.clone(), implicit_key.as_deref())?;
     if let Some(a) = &auth {
         tracing::info!(mode = a.mode(), "authentication enabled");
     }
@@ -271,32 +392,38 @@ async fn serve(cfg: &Config, built: Built) -> Result<()> {
         catalog_max_entries: cfg.catalog.maxentries,
         tls: false,
         access_log: !cfg.log.accesslog.disabled,
-        log_fields: (!cfg.log.fields.is_empty()).then(|| serde_json::to_string(&cfg.log.fields).unwrap_or_default()),
         auth,
         lifecycle: berth_server::LifecycleConfig { gc_grace: cfg.gc.grace, retention: cfg.retention_policies()? },
+        admin_token: cfg.admin.token()?,
+        automatic_mount: cfg.uploads.automaticmount,
     };
     let router = berth_server::router(registry.clone(), server_cfg);
     let (storage, db) = describe_storage(cfg);
     let drain = cfg.http.draintimeout;
+    let t = &cfg.http.timeouts;
+    let limits = berth_server::ConnectionLimits {
+        first_byte: t.firstbyte,
+        header: t.header,
+        idle: t.idle,
+        body_idle: t.bodyidle,
+        min_body_rate: t.minbodyrate,
+        per_client: cfg.http.limits.connectionsperclient,
+    };
 
-    let drained = if cfg.http.net == "unix" {
-        let path = PathBuf::from(&cfg.http.addr);
-        let _ = std::fs::remove_file(&path);
-        let listener =
-            tokio::net::UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
-        announce(&format!("unix:{}", path.display()), &storage, &db);
-        berth_server::serve(listener, router, shutdown.clone().cancelled_owned(), drain).await
-    } else {
-        let addr =
-            if cfg.http.addr.starts_with(':') { format!("0.0.0.0{}", cfg.http.addr) } else { cfg.http.addr.clone() };
-        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
-        let local = listener.local_addr()?;
-        announce(&format!("http://{local}"), &storage, &db);
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        berth_server::serve(listener, router, shutdown.clone().cancelled_owned(), drain).await
+    let drained = match listener {
+        Bound::Unix(listener, path) => {
+            announce(&format!("unix:{}", path.display()), &storage, &db);
+            berth_server::serve(listener, router, limits, shutdown.clone().cancelled_owned(), drain).await
+        }
+        Bound::Tcp(listener) => {
+            let local = listener.local_addr()?;
+            announce(&format!("http://{local}"), &storage, &db);
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            berth_server::serve(listener, router, limits, shutdown.clone().cancelled_owned(), drain).await
+        }
     };
     if !drained {
         tracing::warn!(?drain, "in-flight requests did not finish within http.draintimeout; stopping");
@@ -315,8 +442,8 @@ async fn serve(cfg: &Config, built: Built) -> Result<()> {
 
 fn announce(addr: &str, storage: &str, db: &str) {
     // On stdout, one line, so people and scripts can see where it listens.
-    println!("berth {} listening on {addr}", env!("CARGO_PKG_VERSION"));
-    println!("berth storage: {storage}; metadata: {db}");
+    crate::out!("berth {} listening on {addr}", env!("CARGO_PKG_VERSION"));
+    crate::out!("berth storage: {storage}; metadata: {db}");
     tracing::info!(addr, storage, metadata = db, "listening");
 }
 

@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Deserializer};
 use serde_yaml_ng::{Mapping, Value};
 
+mod lenient;
 mod s3;
 pub use s3::{ca_bundle, OssSection, S3Section};
 
@@ -46,6 +47,65 @@ pub struct Config {
     /// Berth: byte limits per namespace.
     #[serde(default)]
     pub quotas: Vec<QuotaConfig>,
+    /// Berth: how the administration endpoints may be reached.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Berth: upload behaviour.
+    #[serde(default)]
+    pub uploads: UploadsConfig,
+    /// distribution's redis cache settings: Berth needs no cache server.
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility
+    pub redis: Option<serde_json::Value>,
+    /// distribution's storage and HTTP health checks: accepted, not run yet.
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility
+    pub health: Option<serde_json::Value>,
+    /// What was accepted and has no effect, said once at start and by `config check`.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+/// Berth: the administration endpoints (`/_berth/`). With no `auth` they
+/// answer only on this machine, unless a token is configured.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// A file holding a bearer token that opens the administration endpoints
+    /// (`Authorization: Bearer <token>`), from anywhere.
+    #[serde(default)]
+    pub tokenfile: Option<PathBuf>,
+}
+
+impl AdminConfig {
+    /// The token of `tokenfile`, read now (one word of at least 16 characters).
+    pub fn token(&self) -> Result<Option<String>> {
+        let Some(path) = &self.tokenfile else { return Ok(None) };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("admin.tokenfile: reading {}", path.display()))?;
+        let token = text.trim().to_owned();
+        if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!("admin.tokenfile: {}: the token must be one word of at least 16 characters", path.display());
+        }
+        Ok(Some(token))
+    }
+}
+
+/// Berth: uploads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// `POST /v2/<name>/blobs/uploads/?mount=<digest>` without `from` mounts
+    /// the blob when the caller may pull it from some repository (the OCI
+    /// specification allows it); false answers with an upload session.
+    #[serde(default = "yes")]
+    pub automaticmount: bool,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig { automaticmount: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +314,86 @@ pub struct HttpConfig {
     #[serde(default)]
     #[allow(dead_code)] // accepted for compatibility
     pub h2c: Option<serde_json::Value>,
+    /// distribution's debug server: accepted without its prometheus part
+    /// until metrics are built.
+    #[serde(default)]
+    #[allow(dead_code)] // accepted for compatibility
+    pub debug: Option<serde_json::Value>,
+    /// Berth: how long a connection may go without progress.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Berth: connection limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Berth: a connection must make progress (`http.timeouts`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// The first byte of a new connection.
+    #[serde(default = "ten_seconds", deserialize_with = "berth_types::duration::go")]
+    pub firstbyte: Duration,
+    /// A request's headers, and the first request of an HTTP/2 connection.
+    #[serde(default = "thirty_seconds", deserialize_with = "berth_types::duration::go")]
+    pub header: Duration,
+    /// A keep-alive connection with nothing in flight (HTTP/1 and HTTP/2).
+    #[serde(default = "two_minutes", deserialize_with = "berth_types::duration::go")]
+    pub idle: Duration,
+    /// A request body that sends nothing for this long is cut off.
+    #[serde(default = "minute", deserialize_with = "berth_types::duration::go")]
+    pub bodyidle: Duration,
+    /// Bytes per second a request body must bring over each `bodyidle` window (0: any).
+    #[serde(default = "kib")]
+    pub minbodyrate: u64,
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+fn two_minutes() -> Duration {
+    Duration::from_secs(120)
+}
+fn minute() -> Duration {
+    Duration::from_secs(60)
+}
+fn kib() -> u64 {
+    1024
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            firstbyte: ten_seconds(),
+            header: thirty_seconds(),
+            idle: two_minutes(),
+            bodyidle: minute(),
+            minbodyrate: kib(),
+        }
+    }
+}
+
+/// Berth: `http.limits`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open connections one client address may hold (0: no limit). Behind a
+    /// reverse proxy every connection comes from the proxy's address.
+    #[serde(default = "default_per_client")]
+    pub connectionsperclient: usize,
+}
+
+fn default_per_client() -> usize {
+    256
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { connectionsperclient: default_per_client() }
+    }
 }
 
 fn default_addr() -> String {
@@ -278,6 +418,9 @@ impl Default for HttpConfig {
             headers: BTreeMap::new(),
             http2: None,
             h2c: None,
+            debug: None,
+            timeouts: TimeoutsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -451,21 +594,27 @@ fn version<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> 
 }
 
 /// Keys distribution knows that Berth does not honour yet, and why.
-const UNSUPPORTED: &[(&str, &str)] = &[
+pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("notifications", "notifications are not supported yet"),
-    ("redis", "redis is not used by Berth"),
     ("proxy", "pull-through caching is not supported yet"),
     ("reporting", "error reporting services are not supported"),
     ("middleware", "middleware is not supported yet"),
-    ("health", "configurable health checks are not supported yet"),
     ("validation", "manifest URL validation settings are not supported yet"),
     ("log.hooks", "log hooks are not supported"),
     ("storage.gcs", "the GCS storage driver is not supported"),
     ("storage.azure", "the Azure storage driver is not supported"),
     ("storage.swift", "the Swift storage driver is not supported"),
     ("http.tls", "TLS is not supported yet: terminate TLS in a reverse proxy"),
-    ("http.debug", "the debug server is not supported yet"),
     ("http.prefix", "a URL prefix is not supported yet"),
+    ("http.debug.prometheus", "Prometheus metrics are not supported yet"),
+];
+
+/// Keys distribution knows that Berth accepts with no effect, and why; each
+/// present one is a warning at start and in `config check`.
+pub const IGNORED: &[(&str, &str)] = &[
+    ("redis", "Berth uses no cache server (its metadata index is the cache)"),
+    ("health", "health checks are not built yet"),
+    ("http.debug", "the debug server is not built yet"),
 ];
 
 fn lookup<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
@@ -498,7 +647,12 @@ pub fn apply_env(root: &mut Value, vars: impl IntoIterator<Item = (String, Strin
             storage.entry(Value::String(driver)).or_insert_with(|| Value::Mapping(Mapping::new()));
             continue;
         }
-        let value: Value = serde_yaml_ng::from_str(&raw).unwrap_or(Value::String(raw.clone()));
+        // Mappings and lists are read as YAML; a scalar stays text, and the
+        // key's type decides how it is read (as distribution's Go YAML does).
+        let value = match serde_yaml_ng::from_str::<Value>(&raw) {
+            Ok(v @ (Value::Mapping(_) | Value::Sequence(_) | Value::Null)) => v,
+            _ => Value::String(raw.clone()),
+        };
         let (last, parents) = path.split_last().ok_or_else(|| anyhow!("empty variable"))?;
         let parent = ensure_mapping(root, parents)?;
         parent.insert(Value::String(last.clone()), value);
@@ -558,16 +712,26 @@ impl Config {
         if !root.is_mapping() {
             bail!("configuration must be a mapping of keys");
         }
-        for (key, why) in UNSUPPORTED {
-            if lookup(&root, key).is_some_and(|v| !v.is_null()) {
-                bail!("{key}: {why}");
-            }
+        let present = |key: &str| lookup(&root, key).is_some_and(|v| !v.is_null());
+        let refused: Vec<String> =
+            UNSUPPORTED.iter().filter(|(k, _)| present(k)).map(|(k, why)| format!("{k}: {why}")).collect();
+        match refused.len() {
+            0 => {}
+            1 => bail!("{}", refused[0]),
+            n => bail!("{n} keys are not supported:\n  {}", refused.join("\n  ")),
         }
+        let warnings = IGNORED
+            .iter()
+            .filter(|(k, _)| present(k))
+            .map(|(k, why)| format!("{k}: accepted and ignored: {why}"))
+            .collect();
         let json = serde_json::to_value(&root).context("configuration is not representable")?;
-        let cfg: Config = serde_path_to_error::deserialize(json).map_err(|e| {
+        let mut cfg: Config = serde_path_to_error::deserialize(lenient::Lenient(json)).map_err(|e| {
             let path = e.path().to_string();
-            anyhow!("{}: {}", if path == "." { "configuration".to_owned() } else { path }, e.into_inner())
+            let msg = lenient::plain_message(&e.into_inner().to_string());
+            anyhow!("{}: {msg}", if path == "." { "configuration".to_owned() } else { path })
         })?;
+        cfg.warnings = warnings;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -593,6 +757,15 @@ impl Config {
         }
         // Credentials may come from the environment when serving: checked then.
         self.object_store(&|k| Some(format!("<{k}>")))?;
+        if (s.s3.is_some() || s.oss.is_some()) && self.database.driver.is_none() && self.database.path.is_none() {
+            let key = if s.s3.is_some() { "storage.s3" } else { "storage.oss" };
+            bail!(
+                "database: {key} keeps content in a bucket; say where its index lives: \
+                 database.driver: postgres with database.dsn (several instances), or \
+                 database.path: /var/lib/registry/metadata.sqlite on a persistent volume (one instance; \
+                 rebuilt from the bucket when missing)"
+            );
+        }
         if self.compatibility.schema1.enabled {
             bail!("compatibility.schema1.enabled: schema 1 manifests are not supported");
         }
@@ -622,6 +795,12 @@ impl Config {
         }
         if self.storage.maintenance.uploadpurging.enabled && self.storage.maintenance.uploadpurging.interval.is_zero() {
             bail!("storage.maintenance.uploadpurging.interval: must be greater than zero");
+        }
+        let t = &self.http.timeouts;
+        for (key, d) in [("firstbyte", t.firstbyte), ("header", t.header), ("idle", t.idle)] {
+            if d.is_zero() {
+                bail!("http.timeouts.{key}: must be greater than zero");
+            }
         }
         if self.catalog.maxentries == 0 {
             bail!("catalog.maxentries: must be at least 1");
@@ -850,6 +1029,7 @@ compatibility:
                 ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
                 ("REGISTRY_STORAGE_S3_CHUNKSIZE", "5242880"),
                 ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
+                ("REGISTRY_DATABASE_PATH", "/var/lib/registry/metadata.sqlite"),
             ],
         )
         .unwrap();
@@ -898,6 +1078,118 @@ compatibility:
             let msg = format!("{e:#}");
             assert!(msg.contains(key), "{yaml:?}: {msg}");
         }
+    }
+
+    #[test]
+    fn an_object_store_needs_to_be_told_where_its_index_lives() {
+        let s3 = "storage:\n  s3:\n    region: r\n    regionendpoint: http://127.0.0.1:3900\n    bucket: b\n";
+        let e = load(s3, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("database: storage.s3 keeps content in a bucket"), "{e}");
+        assert!(e.contains("database.path") && e.contains("database.driver: postgres"), "{e}");
+        load(&format!("{s3}database:\n  path: /var/lib/registry/metadata.sqlite\n"), &[]).unwrap();
+        load(s3, &[("REGISTRY_DATABASE_PATH", "/data/m.sqlite")]).unwrap();
+    }
+
+    #[test]
+    fn environment_values_take_the_type_of_their_key() {
+        let c = load(
+            "",
+            &[
+                ("REGISTRY_HTTP_ADDR", "5300"),
+                ("REGISTRY_HTTP_SECRET", "0123"),
+                ("REGISTRY_STORAGE_DELETE_ENABLED", "yes"),
+                ("REGISTRY_CATALOG_MAXENTRIES", "20"),
+                ("REGISTRY_HTTP_RELATIVEURLS", "on"),
+                ("REGISTRY_LOG_FIELDS_SERVICE", "123"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.http.addr, "5300");
+        assert_eq!(c.http.secret.as_deref(), Some("0123"), "text stays text, leading zero and all");
+        assert!(c.storage.delete.enabled && c.http.relativeurls);
+        assert_eq!(c.catalog.maxentries, 20);
+        assert_eq!(c.log.fields["service"], serde_json::json!("123"));
+        let e = load("", &[("REGISTRY_CATALOG_MAXENTRIES", "lots")]).unwrap_err().to_string();
+        assert!(e.starts_with("catalog.maxentries: "), "{e}");
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_read_as_distribution_reads_them() {
+        let c = load(
+            "storage:\n  delete:\n    enabled: yes\n  maintenance:\n    uploadpurging:\n      enabled: off\n    readonly:\n      enabled: On\nhttp:\n  relativeurls: Y\n",
+            &[],
+        )
+        .unwrap();
+        assert!(c.storage.delete.enabled);
+        assert!(!c.storage.maintenance.uploadpurging.enabled);
+        assert!(c.storage.maintenance.readonly.enabled);
+        assert!(c.http.relativeurls);
+        let e = load("storage:\n  delete:\n    enabled: maybe\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("storage.delete.enabled: "), "{e}");
+    }
+
+    #[test]
+    fn every_unsupported_key_is_named_in_one_error() {
+        let e = load(
+            "notifications:\n  endpoints: []\nproxy:\n  remoteurl: https://registry-1.example.test\nhttp:\n  tls:\n    certificate: /c\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("3 keys are not supported:"), "{e}");
+        for key in ["notifications:", "proxy:", "http.tls:"] {
+            assert!(e.contains(key), "{key} in {e}");
+        }
+        // redis, health and the debug server without metrics: accepted, with a warning each.
+        let c = load(
+            "redis:\n  addr: localhost:6379\nhealth:\n  storagedriver:\n    enabled: true\nhttp:\n  debug:\n    addr: :5001\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+        assert!(c.warnings.iter().all(|w| w.contains("accepted and ignored")), "{:?}", c.warnings);
+        let e = load("http:\n  debug:\n    addr: :5001\n    prometheus:\n      enabled: true\n", &[]).unwrap_err();
+        assert!(e.to_string().starts_with("http.debug.prometheus:"), "{e}");
+    }
+
+    #[test]
+    fn errors_never_show_type_names() {
+        for yaml in [
+            "storage:\n  filesystem: text\n",
+            "http: [1, 2]\n",
+            "gc:\n  grace: [1]\n",
+            "catalog:\n  maxentries: {a: 1}\n",
+            "auth:\n  htpasswd: 5\n",
+            "retention:\n  policies: {a: 1}\n",
+            "storage:\n  s3:\n    chunksize: [1]\n",
+        ] {
+            let e = format!("{:#}", load(yaml, &[]).unwrap_err());
+            assert!(!e.contains("struct ") && !e.contains("enum ") && !e.contains("Config"), "{yaml:?}: {e}");
+            assert!(!e.contains("u64") && !e.contains("usize"), "{yaml:?}: {e}");
+        }
+        let e = load("storage:\n  filesystem: text\n", &[]).unwrap_err().to_string();
+        assert_eq!(e, "storage.filesystem: invalid type: string \"text\", expected a mapping of keys");
+    }
+
+    #[test]
+    fn connection_limits_and_berth_sections() {
+        let d = load("", &[]).unwrap();
+        assert_eq!(d.http.timeouts.firstbyte, Duration::from_secs(10));
+        assert_eq!(d.http.limits.connectionsperclient, 256);
+        assert!(d.uploads.automaticmount);
+        let c = load(
+            "http:\n  timeouts:\n    firstbyte: 2s\n    idle: 30s\n    bodyidle: 20s\n    minbodyrate: 0\n  limits:\n    connectionsperclient: 8\nuploads:\n  automaticmount: false\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.http.timeouts.firstbyte, c.http.timeouts.idle),
+            (Duration::from_secs(2), Duration::from_secs(30))
+        );
+        assert_eq!((c.http.timeouts.minbodyrate, c.http.limits.connectionsperclient), (0, 8));
+        assert!(!c.uploads.automaticmount);
+        let e = load("http:\n  timeouts:\n    idle: 99999999999999999999h\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("http.timeouts.idle: ") && e.contains("too long"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,17 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// Writes a line to standard output; a reader that went away (`| head`)
+/// ends the output, never the process with a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+pub(crate) use out;
 
 mod admin;
 mod app;
@@ -13,8 +23,16 @@ mod config;
 mod jobs;
 mod logging;
 
+/// `berth --version` and `berth version`: the version, commit and build date.
+const LONG_VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BERTH_COMMIT"), ", built ", env!("BERTH_BUILD_DATE"), ")");
+
 #[derive(Parser)]
-#[command(name = "berth", version, about = "A container image registry (OCI Distribution 1.1, Docker Registry V2)")]
+#[command(
+    name = "berth",
+    version = LONG_VERSION,
+    about = "A container image registry (OCI Distribution 1.1, Docker Registry V2)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,6 +44,7 @@ struct ConfigPath {
     /// Configuration file (distribution's config.yml format).
     #[arg(value_name = "CONFIG")]
     config_file: Option<PathBuf>,
+    /// The configuration file, as a flag (the same as the CONFIG argument).
     #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "config_file")]
     config: Option<PathBuf>,
 }
@@ -83,6 +102,7 @@ enum Command {
     Retention {
         #[command(flatten)]
         config: ConfigPath,
+        /// List the tags and manifests that would go, and why the rest stay; delete nothing.
         #[arg(long, short = 'd')]
         dry_run: bool,
     },
@@ -96,14 +116,20 @@ enum Command {
         #[command(flatten)]
         config: ConfigPath,
     },
-    /// Print the version.
+    /// Print the version, the commit it was built from and the build date.
     Version,
+    /// Print shell completions (for example `berth completions bash > /etc/bash_completion.d/berth`).
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
 enum RepoCommand {
     /// Delete a repository: its tags, manifests and blob links.
     Delete {
+        /// The repository, for example team/app.
         name: String,
         #[command(flatten)]
         config: ConfigPath,
@@ -118,6 +144,7 @@ fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
 enum ConfigCommand {
     /// Check a configuration file (with REGISTRY_* overrides applied) and print the result.
     Check {
+        /// The configuration file (distribution's config.yml format).
         #[arg(value_name = "CONFIG")]
         file: PathBuf,
     },
@@ -128,6 +155,7 @@ enum HtpasswdCommand {
     /// Add a user, or set the password of an existing one. The password is
     /// asked for on the terminal, or read from standard input.
     Add {
+        /// The user name (no ':' or control characters).
         user: String,
         /// The htpasswd file (created with mode 0600 if missing).
         #[arg(long, short = 'f', default_value = "htpasswd")]
@@ -152,7 +180,7 @@ fn htpasswd_add(user: &str, file: &std::path::Path, from_stdin: bool) -> anyhow:
     };
     anyhow::ensure!(!password.is_empty(), "the password must not be empty");
     berth_auth::htpasswd::set_password(file, user, &password)?;
-    println!("{user} written to {}", file.display());
+    out!("{user} written to {}", file.display());
     Ok(())
 }
 
@@ -160,7 +188,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version => {
-            println!("berth {}", env!("CARGO_PKG_VERSION"));
+            out!("berth {LONG_VERSION}");
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut buf);
+            use std::io::Write as _;
+            let _ = std::io::stdout().lock().write_all(&buf);
             Ok(())
         }
         Command::Config { command: ConfigCommand::Check { file } } => app::check_config(&file),
@@ -181,7 +216,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("berth: {e:#}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr().lock(), "berth: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use berth_storage::s3::{S3Config, MIN_CHUNK_SIZE};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// How long a presigned blob URL stays valid (distribution: 20 minutes).
 const REDIRECT_TTL: Duration = Duration::from_secs(20 * 60);
@@ -23,27 +23,27 @@ pub struct S3Section {
     pub region: Option<String>,
     #[serde(default)]
     pub regionendpoint: Option<String>,
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default)]
     pub forcepathstyle: Option<bool>,
     #[serde(default)]
     pub bucket: Option<String>,
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default)]
     pub encrypt: Option<bool>,
     #[serde(default)]
     pub keyid: Option<String>,
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default)]
     pub secure: Option<bool>,
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default)]
     pub skipverify: Option<bool>,
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default)]
     pub v4auth: Option<bool>,
-    #[serde(default, deserialize_with = "size")]
+    #[serde(default)]
     pub chunksize: Option<u64>,
-    #[serde(default, deserialize_with = "size")]
+    #[serde(default)]
     pub multipartcopychunksize: Option<u64>,
-    #[serde(default, deserialize_with = "size")]
+    #[serde(default)]
     pub multipartcopymaxconcurrency: Option<u64>,
-    #[serde(default, deserialize_with = "size")]
+    #[serde(default)]
     pub multipartcopythresholdsize: Option<u64>,
     #[serde(default)]
     pub rootdirectory: Option<String>,
@@ -53,9 +53,9 @@ pub struct S3Section {
     pub objectacl: Option<String>,
     #[serde(default)]
     pub useragent: Option<String>,
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default)]
     pub usedualstack: Option<bool>,
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default)]
     pub accelerate: Option<bool>,
     /// The AWS SDK's log level in distribution; Berth logs through its own.
     #[serde(default)]
@@ -74,56 +74,20 @@ pub struct OssSection {
     pub region: Option<String>,
     #[serde(default)]
     pub endpoint: Option<String>,
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default)]
     pub internal: Option<bool>,
     #[serde(default)]
     pub bucket: Option<String>,
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default)]
     pub encrypt: Option<bool>,
     #[serde(default)]
     pub encryptionkeyid: Option<String>,
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default)]
     pub secure: Option<bool>,
-    #[serde(default, deserialize_with = "size")]
+    #[serde(default)]
     pub chunksize: Option<u64>,
     #[serde(default)]
     pub rootdirectory: Option<String>,
-}
-
-/// A boolean, also written as text ("true"), as environment values are.
-fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bool(bool),
-        Str(String),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(None),
-        Some(Raw::Bool(b)) => Ok(Some(b)),
-        Some(Raw::Str(s)) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "yes" | "1" => Ok(Some(true)),
-            "false" | "no" | "0" => Ok(Some(false)),
-            _ => Err(serde::de::Error::custom(format!("expected true or false, not {s:?}"))),
-        },
-    }
-}
-
-/// A byte count, also written as text ("10485760").
-fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Num(u64),
-        Str(String),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(None),
-        Some(Raw::Num(n)) => Ok(Some(n)),
-        Some(Raw::Str(s)) => {
-            s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom(format!("expected a number, not {s:?}")))
-        }
-    }
 }
 
 /// `host[:port]` or a URL; without a scheme, `secure` chooses it.
@@ -147,6 +111,23 @@ pub fn ca_bundle(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Vec<u8>>
         Some(p) => std::fs::read(&p).map(Some).map_err(|e| anyhow::anyhow!("AWS_CA_BUNDLE: reading {p}: {e}")),
         None => Ok(None),
     }
+}
+
+/// The regional endpoint of AWS S3 for `region` (product behaviour: the
+/// default when `regionendpoint` is absent).
+fn aws_endpoint(region: &str, secure: bool) -> String {
+    let scheme = if secure { "https" } else { "http" };
+    let domain = if region.starts_with("cn-") { "amazonaws.com.cn" } else { "amazonaws.com" };
+    format!("{scheme}://s3.{region}.{domain}")
+}
+
+/// The endpoint of Alibaba OSS for `region` (`oss-cn-beijing`), its
+/// `-internal` one inside Alibaba's network, as distribution's oss driver
+/// derives them.
+fn oss_endpoint(region: &str, internal: bool, secure: bool) -> String {
+    let scheme = if secure { "https" } else { "http" };
+    let suffix = if internal { "-internal" } else { "" };
+    format!("{scheme}://{region}{suffix}.aliyuncs.com")
 }
 
 /// A part size within S3's limits.
@@ -187,11 +168,14 @@ impl S3Section {
         if self.accelerate == Some(true) || self.usedualstack == Some(true) {
             bail!("storage.s3: accelerate and usedualstack endpoints are not derived: set regionendpoint to the endpoint to use");
         }
-        let Some(endpoint) = self.regionendpoint.as_deref() else {
-            bail!("storage.s3.regionendpoint: the endpoint URL is required (e.g. http://127.0.0.1:3900 for a local Garage)");
-        };
         let secure = self.secure.unwrap_or(true);
-        let endpoint = endpoint_url("storage.s3.regionendpoint", endpoint, secure)?;
+        // As distribution: a regionendpoint (MinIO, Garage, Ceph) is addressed
+        // path-style unless forcepathstyle says otherwise; without one, the
+        // region's AWS endpoint, virtual-hosted.
+        let (endpoint, path_style) = match self.regionendpoint.as_deref().filter(|e| !e.trim().is_empty()) {
+            Some(e) => (endpoint_url("storage.s3.regionendpoint", e, secure)?, self.forcepathstyle.unwrap_or(true)),
+            None => (aws_endpoint(&region, secure), self.forcepathstyle.unwrap_or(false)),
+        };
         if self.v4auth == Some(false) {
             tracing::warn!("storage.s3.v4auth: false is ignored: requests are signed with Signature Version 4");
         }
@@ -221,7 +205,7 @@ impl S3Section {
             secret_key,
             session_token: env_or(self.sessiontoken.as_ref(), "AWS_SESSION_TOKEN", env),
             root: root_prefix(self.rootdirectory.as_deref()),
-            path_style: self.forcepathstyle.unwrap_or(false),
+            path_style,
             skip_verify: self.skipverify.unwrap_or(false),
             ca_bundle: None,
             chunk_size: chunk_size as usize,
@@ -243,13 +227,11 @@ impl OssSection {
     pub fn driver_config(&self, redirect: bool, env: &dyn Fn(&str) -> Option<String>) -> Result<S3Config> {
         let bucket = required("storage.oss.bucket", &self.bucket, "a bucket is required")?;
         let region = required("storage.oss.region", &self.region, "a region is required")?;
-        let Some(endpoint) = self.endpoint.as_deref() else {
-            bail!("storage.oss.endpoint: the OSS endpoint (its S3-compatible host) is required");
+        let secure = self.secure.unwrap_or(true);
+        let endpoint = match self.endpoint.as_deref().filter(|e| !e.trim().is_empty()) {
+            Some(e) => endpoint_url("storage.oss.endpoint", e, secure)?,
+            None => oss_endpoint(&region, self.internal.unwrap_or(false), secure),
         };
-        if self.internal == Some(true) {
-            tracing::info!("storage.oss.internal: the endpoint given is used as it is");
-        }
-        let endpoint = endpoint_url("storage.oss.endpoint", endpoint, self.secure.unwrap_or(true))?;
         let access_key = env_or(self.accesskeyid.as_ref(), "OSS_ACCESS_KEY_ID", env);
         let secret_key = env_or(self.accesskeysecret.as_ref(), "OSS_ACCESS_KEY_SECRET", env);
         let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
@@ -289,7 +271,7 @@ mod tests {
     }
 
     fn section(yaml: &str) -> S3Section {
-        serde_yaml_ng::from_str(yaml).expect("valid section")
+        super::super::lenient::from_yaml(yaml).expect("valid section")
     }
 
     #[test]
@@ -348,18 +330,36 @@ mod tests {
         for (yaml, key) in [
             ("region: r\nregionendpoint: http://x\n", "storage.s3.bucket"),
             ("bucket: b\nregionendpoint: http://x\n", "storage.s3.region"),
-            ("bucket: b\nregion: r\n", "storage.s3.regionendpoint"),
             ("bucket: b\nregion: r\nregionendpoint: ftp://x\n", "storage.s3.regionendpoint"),
         ] {
             let e = section(&format!("accesskey: a\nsecretkey: s\n{yaml}")).driver_config(false, &no_env).unwrap_err();
             assert!(e.to_string().starts_with(key), "{yaml}: {e}");
         }
-        assert!(serde_yaml_ng::from_str::<S3Section>("secure: maybe\n").is_err());
+        assert!(super::super::lenient::from_yaml::<S3Section>("secure: maybe\n").is_err());
+    }
+
+    #[test]
+    fn addressing_follows_distribution() {
+        let base = "accesskey: a\nsecretkey: s\nbucket: b\n";
+        let c = |extra: &str| section(&format!("{base}{extra}")).driver_config(false, &no_env).unwrap();
+        // A regionendpoint (MinIO, Garage, an in-cluster store) is addressed path-style...
+        let x = c("region: garage\nregionendpoint: http://minio.example.test:9000\n");
+        assert_eq!((x.endpoint.as_str(), x.path_style), ("http://minio.example.test:9000", true));
+        // ...unless forcepathstyle: false says otherwise.
+        let x = c("region: garage\nregionendpoint: http://s3.example.test\nforcepathstyle: false\n");
+        assert!(!x.path_style);
+        // Without one, the region's AWS endpoint, virtual-hosted.
+        let x = c("region: eu-west-1\n");
+        assert_eq!((x.endpoint.as_str(), x.path_style), ("https://s3.eu-west-1.amazonaws.com", false));
+        let x = c("region: cn-north-1\nsecure: false\n");
+        assert_eq!(x.endpoint, "http://s3.cn-north-1.amazonaws.com.cn");
+        let x = c("region: us-east-1\nforcepathstyle: 'yes'\n");
+        assert!(x.path_style);
     }
 
     #[test]
     fn oss_maps_onto_virtual_hosted_s3() {
-        let o: OssSection = serde_yaml_ng::from_str(
+        let o: OssSection = super::super::lenient::from_yaml(
             "accesskeyid: AK\naccesskeysecret: SK\nregion: oss-r\nendpoint: oss.internal.test\nbucket: b\n\
              encrypt: true\nrootdirectory: /r\nchunksize: 5242880\n",
         )
@@ -367,7 +367,12 @@ mod tests {
         let c = o.driver_config(true, &no_env).unwrap();
         assert_eq!((c.endpoint.as_str(), c.path_style, c.root.as_str()), ("https://oss.internal.test", false, "r"));
         assert_eq!((c.encrypt, c.chunk_size), (Some(None), 5 << 20));
-        let e = OssSection { endpoint: None, ..o }.driver_config(true, &no_env).unwrap_err();
-        assert!(e.to_string().starts_with("storage.oss.endpoint"), "{e}");
+        // Without an endpoint, the region's, as distribution's oss driver derives it.
+        let c = OssSection { endpoint: None, ..o.clone() }.driver_config(true, &no_env).unwrap();
+        assert_eq!((c.endpoint.as_str(), c.path_style), ("https://oss-r.aliyuncs.com", false));
+        let c = OssSection { endpoint: None, internal: Some(true), secure: Some(false), ..o }
+            .driver_config(true, &no_env)
+            .unwrap();
+        assert_eq!(c.endpoint, "http://oss-r-internal.aliyuncs.com");
     }
 }
