@@ -1,6 +1,7 @@
 //! Queries of the lifecycle jobs: garbage collection, retention, quotas,
 //! repository deletion.
 
+use std::collections::HashSet;
 use std::future::Future;
 
 use sqlx::Row;
@@ -146,6 +147,83 @@ impl Metadata {
             self.cache.invalidate(repo);
         }
         Ok(victims)
+    }
+
+    /// How many blobs nothing references that the grace period keeps: used
+    /// since `cutoff`, or being committed under a lease that still runs.
+    pub async fn held_back_blobs(&self, cutoff: i64) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM blobs b WHERE NOT ((b.state = 0 AND b.last_used < $1) OR (b.state = 1 AND b.lease_until < $2)) \
+             AND NOT EXISTS (SELECT 1 FROM manifest_references r WHERE r.child = b.digest) \
+             AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = b.digest)",
+        )
+        .bind(cutoff)
+        .bind(now_millis())
+        .fetch_one(&self.read)
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Everything the manifest `digest` of `repo` references (config,
+    /// layers, child manifests).
+    pub async fn manifest_references(&self, repo: &str, digest: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT mr.child FROM manifest_references mr JOIN repositories r ON r.id = mr.repository_id \
+             WHERE r.name = $1 AND mr.parent = $2 ORDER BY mr.child",
+        )
+        .bind(repo)
+        .bind(digest)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Of `candidates`, the blobs a collection would take once the manifests
+    /// in `gone` (repository, digest) were deleted: idle past `cutoff`,
+    /// referenced only by manifests in `gone`, and a manifest only there.
+    /// Reads only (for dry runs); what it returns names no repositories.
+    pub async fn freed_without(
+        &self,
+        cutoff: i64,
+        gone: &HashSet<(String, String)>,
+        candidates: &[String],
+    ) -> Result<Vec<GcVictim>> {
+        let now = now_millis();
+        let mut out = Vec::new();
+        for digest in candidates {
+            let row = sqlx::query("SELECT size, state, last_used, lease_until FROM blobs WHERE digest = $1")
+                .bind(digest)
+                .fetch_optional(&self.read)
+                .await?;
+            let Some(row) = row else { continue };
+            let (size, state, last_used, lease): (i64, i64, i64, i64) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+            let idle = (state == 0 && last_used < cutoff) || (state == 1 && lease < now);
+            if !idle {
+                continue;
+            }
+            let parents = sqlx::query(
+                "SELECT r.name, mr.parent FROM manifest_references mr JOIN repositories r ON r.id = mr.repository_id \
+                 WHERE mr.child = $1",
+            )
+            .bind(digest)
+            .fetch_all(&self.read)
+            .await?;
+            let mut only_gone = true;
+            for p in &parents {
+                only_gone &= gone.contains(&(p.try_get(0)?, p.try_get(1)?));
+            }
+            let holders: Vec<String> = sqlx::query_scalar(
+                "SELECT r.name FROM manifests m JOIN repositories r ON r.id = m.repository_id WHERE m.digest = $1",
+            )
+            .bind(digest)
+            .fetch_all(&self.read)
+            .await?;
+            only_gone &= holders.into_iter().all(|r| gone.contains(&(r, digest.clone())));
+            if only_gone {
+                out.push(GcVictim { digest: digest.clone(), size, repositories: Vec::new() });
+            }
+        }
+        Ok(out)
     }
 
     /// Manifests, index edges and tags of `repo`.

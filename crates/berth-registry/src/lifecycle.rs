@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use berth_metadata::{now_millis, RepositoryGraph};
+use berth_metadata::{now_millis, ManifestNode, RepositoryGraph, TagInfo};
 use berth_storage::layout;
 use berth_types::duration::millis_before;
 use berth_types::pattern::{glob, RepoPattern};
@@ -41,6 +41,12 @@ pub struct GcReport {
     /// Up to 1000 of the deleted manifests (`repo@digest`) and blobs.
     pub manifests: Vec<String>,
     pub blobs: Vec<String>,
+    /// Unreferenced blobs, and untagged manifests (with `delete_untagged`),
+    /// left alone because they are younger than the grace period.
+    #[serde(default)]
+    pub held_back_blobs: u64,
+    #[serde(default)]
+    pub held_back_manifests: u64,
 }
 
 /// Tag pulls noted but not yet written, by repository then tag.
@@ -83,6 +89,52 @@ pub struct RetentionReport {
     pub tags: Vec<String>,
     /// `repo@digest` removed (or that would be).
     pub manifests: Vec<String>,
+    /// `repo:tag (why)` of the tags a policy looked at and kept.
+    #[serde(default)]
+    pub kept: Vec<String>,
+    /// Untagged manifests left alone because they are younger than the grace period.
+    #[serde(default)]
+    pub held_back_manifests: u64,
+}
+
+/// Why retention keeps a tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// It matches one of `keeptags`, whatever its age (and it does not count toward `keeplast`).
+    Pattern,
+    /// One of the newest `keeplast` of the tags no pattern keeps.
+    Newest,
+    /// Pushed or pulled within `olderthan`.
+    Recent,
+}
+
+impl RetentionPolicy {
+    /// What the policy does with each tag, newest push first: kept (and
+    /// why) or deleted. `keeptags` matches are kept and do not use up one
+    /// of the `keeplast` places; of the rest the newest `keeplast` stay;
+    /// with `olderthan`, tags used since then stay too.
+    fn decide<'t>(&self, tags: &'t [TagInfo], now: i64) -> Vec<(&'t TagInfo, Option<Keep>)> {
+        let mut sorted: Vec<&TagInfo> = tags.iter().collect();
+        sorted.sort_by(|a, b| b.pushed_at.cmp(&a.pushed_at).then_with(|| a.name.cmp(&b.name)));
+        let mut newest = 0;
+        sorted
+            .into_iter()
+            .map(|t| {
+                let keep = if self.keep_tags.iter().any(|p| glob(p, &t.name)) {
+                    Some(Keep::Pattern)
+                } else if newest < self.keep_last.unwrap_or(0) {
+                    newest += 1;
+                    Some(Keep::Newest)
+                } else {
+                    match self.older_than {
+                        Some(age) if t.pushed_at.max(t.pulled_at) >= millis_before(now, age) => Some(Keep::Recent),
+                        _ => None,
+                    }
+                };
+                (t, keep)
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,15 +194,24 @@ impl Registry {
         }
         let mut report = GcReport { dry_run: opts.dry_run, ..Default::default() };
         let cutoff = millis_before(now_millis(), opts.grace);
+        // A dry run deletes no manifest, so it works out what their deletion would free.
+        let mut doomed: HashSet<(String, String)> = HashSet::new();
+        let mut freed_candidates: Vec<String> = Vec::new();
         if opts.delete_untagged {
             progress.phase("untagged manifests");
             for name in self.inner.meta.all_repositories().await? {
                 let Ok(repo) = RepoName::parse(&name) else { continue };
-                let deleted = self.drop_untagged(&repo, cutoff, opts.delete_referrers, opts.dry_run).await?;
+                let (deleted, held) = self.drop_untagged(&repo, cutoff, opts.delete_referrers, opts.dry_run).await?;
                 report.manifests_deleted += deleted.len();
+                report.held_back_manifests += held as u64;
                 for d in deleted {
                     if report.manifests.len() < REPORT_LIST {
                         report.manifests.push(format!("{repo}@{d}"));
+                    }
+                    if opts.dry_run {
+                        freed_candidates.extend(self.inner.meta.manifest_references(repo.as_str(), &d).await?);
+                        freed_candidates.push(d.clone());
+                        doomed.insert((repo.to_string(), d));
                     }
                 }
                 progress.advance(1);
@@ -191,14 +252,28 @@ impl Registry {
             }
             progress.advance(victims.len());
         }
+        if !doomed.is_empty() {
+            freed_candidates.sort();
+            freed_candidates.dedup();
+            for v in self.inner.meta.freed_without(cutoff, &doomed, &freed_candidates).await? {
+                report.blobs_deleted += 1;
+                report.bytes_freed += v.size.max(0) as u64;
+                if report.blobs.len() < REPORT_LIST {
+                    report.blobs.push(v.digest);
+                }
+            }
+        }
         if !opts.dry_run && report.blobs_deleted > 0 {
             gone_or(self.inner.storage.delete(&layout::gc_journal()).await)?;
         }
+        report.held_back_blobs = self.inner.meta.held_back_blobs(cutoff).await?;
         tracing::info!(
             dry_run = opts.dry_run,
             manifests = report.manifests_deleted,
             blobs = report.blobs_deleted,
             bytes = report.bytes_freed,
+            held_back_blobs = report.held_back_blobs,
+            held_back_manifests = report.held_back_manifests,
             "garbage collection done"
         );
         Ok(report)
@@ -239,32 +314,30 @@ impl Registry {
     }
 
     /// Deletes (or lists) untagged manifests of `repo` created before `cutoff`
-    /// that nothing kept needs, under the repository's lock.
+    /// that nothing kept needs, under the repository's lock. Also returns how
+    /// many such manifests the cutoff kept.
     async fn drop_untagged(
         &self,
         repo: &RepoName,
         cutoff: i64,
         drop_referrers: bool,
         dry_run: bool,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, usize)> {
         let _lock = self.lock_repository(repo).await?;
         let g = self.inner.meta.repository_graph(repo.as_str()).await?;
         let tagged: HashSet<String> = g.tags.iter().map(|t| t.digest.clone()).collect();
         let kept = kept_manifests(&g, &tagged, drop_referrers);
-        let victims: Vec<String> = g
-            .manifests
-            .iter()
-            .filter(|m| !kept.contains(&m.digest) && m.created_at < cutoff)
-            .map(|m| m.digest.clone())
-            .collect();
+        let (victims, young): (Vec<&ManifestNode>, Vec<&ManifestNode>) =
+            g.manifests.iter().filter(|m| !kept.contains(&m.digest)).partition(|m| m.created_at < cutoff);
+        let victims: Vec<String> = victims.into_iter().map(|m| m.digest.clone()).collect();
         if dry_run || victims.is_empty() {
-            return Ok(victims);
+            return Ok((victims, young.len()));
         }
         let deleted = self.inner.meta.delete_untagged(repo.as_str(), &victims).await?;
         for d in deleted.iter().filter_map(|d| Digest::parse(d).ok()) {
             gone_or(self.inner.storage.delete(&layout::revision_link(repo, &d)).await)?;
         }
-        Ok(deleted)
+        Ok((deleted, young.len()))
     }
 
     /// Applies retention policies: the first policy matching a repository decides.
@@ -290,18 +363,20 @@ impl Registry {
             let doomed = {
                 let _lock = self.lock_repository(&repo).await?;
                 let g = self.inner.meta.repository_graph(repo.as_str()).await?;
-                let mut tags = g.tags.clone();
-                tags.sort_by(|a, b| b.pushed_at.cmp(&a.pushed_at).then_with(|| a.name.cmp(&b.name)));
-                let keep_last = policy.keep_last.unwrap_or(0);
                 let mut doomed = Vec::new();
-                for (i, t) in tags.iter().enumerate() {
-                    let protected = i < keep_last || policy.keep_tags.iter().any(|p| glob(p, &t.name));
-                    let stale = match policy.older_than {
-                        Some(age) => t.pushed_at.max(t.pulled_at) < millis_before(now, age),
-                        None => true,
-                    };
-                    if !protected && stale {
-                        doomed.push(t.name.clone());
+                for (t, keep) in policy.decide(&g.tags, now) {
+                    match keep {
+                        None => doomed.push(t.name.clone()),
+                        Some(why) => {
+                            let why = match why {
+                                Keep::Pattern => "keeptags",
+                                Keep::Newest => "keeplast",
+                                Keep::Recent => "used within olderthan",
+                            };
+                            if report.kept.len() < REPORT_LIST {
+                                report.kept.push(format!("{repo}:{} ({why})", t.name));
+                            }
+                        }
                     }
                 }
                 if !dry_run {
@@ -315,20 +390,19 @@ impl Registry {
             report.tags.extend(doomed.iter().map(|t| format!("{repo}:{t}")));
             if policy.delete_untagged {
                 let cutoff = millis_before(now, grace);
-                let dropped = if dry_run {
+                let (dropped, held) = if dry_run {
                     // What would be untagged after the tag deletions above.
                     let g = self.inner.meta.repository_graph(repo.as_str()).await?;
                     let tagged: HashSet<String> =
                         g.tags.iter().filter(|t| !doomed.contains(&t.name)).map(|t| t.digest.clone()).collect();
                     let kept = kept_manifests(&g, &tagged, false);
-                    g.manifests
-                        .iter()
-                        .filter(|m| !kept.contains(&m.digest) && m.created_at < cutoff)
-                        .map(|m| m.digest.clone())
-                        .collect()
+                    let (old, young): (Vec<&ManifestNode>, Vec<&ManifestNode>) =
+                        g.manifests.iter().filter(|m| !kept.contains(&m.digest)).partition(|m| m.created_at < cutoff);
+                    (old.into_iter().map(|m| m.digest.clone()).collect(), young.len())
                 } else {
                     self.drop_untagged(&repo, cutoff, false, false).await?
                 };
+                report.held_back_manifests += held as u64;
                 report.manifests.extend(dropped.iter().map(|d| format!("{repo}@{d}")));
             }
             progress.advance(1);

@@ -472,6 +472,76 @@ async fn a_collection_cut_short_by_a_crash_is_finished_next_time() {
 }
 
 #[tokio::test]
+async fn a_dry_run_reports_what_the_real_run_frees_and_what_the_grace_period_kept() {
+    let e = env().await;
+    let repo = name("team/app");
+    let config = push_blob(&e.reg, &repo, b"{\"n\":1}").await;
+    let layer = push_blob(&e.reg, &repo, b"a layer only the untagged image names").await;
+    let shared = push_blob(&e.reg, &repo, b"a layer the tagged image names too").await;
+    let untagged = image_manifest(&config, 7, &[(&layer, 38), (&shared, 34)]);
+    let d = e.reg.put_manifest(&repo, &Reference::Digest(Digest::of_bytes(&untagged)), None, untagged.clone()).await;
+    d.unwrap();
+    let tagged = image_manifest(&config, 7, &[(&shared, 34)]);
+    e.reg.put_manifest(&repo, &Reference::parse("v1").unwrap(), None, tagged).await.unwrap();
+    settle().await;
+    let young = push_blob(&e.reg, &repo, b"an orphan inside the grace period").await;
+
+    let opts = GcOptions { dry_run: true, delete_untagged: true, ..gc(3_600_000, true) };
+    let held = e.reg.collect_garbage(&opts, &NoProgress).await.unwrap();
+    assert_eq!((held.manifests_deleted, held.blobs_deleted), (0, 0));
+    assert_eq!((held.held_back_manifests, held.held_back_blobs), (1, 1), "{held:?}");
+
+    // With a grace of 0 the dry run names the untagged manifest, its own layer and its
+    // manifest blob (not the config or the shared layer), and the orphan.
+    settle().await;
+    let dry = e.reg.collect_garbage(&GcOptions { dry_run: true, ..gc(0, true) }, &NoProgress).await.unwrap();
+    let want: std::collections::BTreeSet<String> =
+        [layer.to_string(), Digest::of_bytes(&untagged).to_string(), young.to_string()].into();
+    assert_eq!(dry.blobs.iter().cloned().collect::<std::collections::BTreeSet<_>>(), want, "{dry:?}");
+    let real = e.reg.collect_garbage(&gc(0, true), &NoProgress).await.unwrap();
+    assert_eq!((real.manifests_deleted, real.blobs_deleted, real.bytes_freed), (1, 3, dry.bytes_freed));
+    assert_eq!((dry.manifests_deleted, dry.blobs_deleted), (1, 3));
+    assert_eq!(real.blobs.iter().cloned().collect::<std::collections::BTreeSet<_>>(), want);
+    e.reg.stat_blob(&repo, &shared).await.unwrap();
+    e.reg.stat_blob(&repo, &config).await.unwrap();
+}
+
+#[tokio::test]
+async fn tags_kept_by_pattern_do_not_use_up_keeplast() {
+    let e = env().await;
+    let repo = name("ci/app");
+    let config = push_blob(&e.reg, &repo, b"{}").await;
+    // The release tags are the newest: with keeplast 2 the two newest others stay too.
+    for (i, t) in ["a1", "a2", "a3", "a4", "release-1", "release-2"].iter().enumerate() {
+        let layer = push_blob(&e.reg, &repo, t.as_bytes()).await;
+        let m = image_manifest(&config, 2, &[(&layer, t.len())]);
+        e.reg.put_manifest(&repo, &Reference::parse(t).unwrap(), None, m).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(3 + i as u64)).await;
+    }
+    let policy = RetentionPolicy {
+        repositories: vec![berth_types::pattern::RepoPattern::parse("ci/**").unwrap()],
+        keep_last: Some(2),
+        keep_tags: vec!["release-*".into()],
+        older_than: None,
+        delete_untagged: false,
+    };
+    let grace = std::time::Duration::ZERO;
+    let dry = e.reg.apply_retention(std::slice::from_ref(&policy), grace, true, &NoProgress).await.unwrap();
+    assert_eq!(dry.tags, vec!["ci/app:a2", "ci/app:a1"]);
+    assert_eq!(
+        dry.kept,
+        vec![
+            "ci/app:release-2 (keeptags)",
+            "ci/app:release-1 (keeptags)",
+            "ci/app:a4 (keeplast)",
+            "ci/app:a3 (keeplast)"
+        ]
+    );
+    e.reg.apply_retention(&[policy], grace, false, &NoProgress).await.unwrap();
+    assert_eq!(e.reg.list_tags(&repo, None, None).await.unwrap().items, vec!["a3", "a4", "release-1", "release-2"]);
+}
+
+#[tokio::test]
 async fn retention_keeps_the_newest_and_protected_tags_and_dry_runs_change_nothing() {
     let e = env().await;
     let repo = name("ci/app");

@@ -56,13 +56,23 @@ fn bar() -> Bar {
     Bar(b)
 }
 
+fn held_back(blobs: u64, manifests: u64) -> String {
+    match (blobs, manifests) {
+        (0, 0) => "; nothing was held back by the grace period".to_owned(),
+        (b, 0) => format!("; the grace period held back {b} blobs"),
+        (0, m) => format!("; the grace period held back {m} untagged manifests"),
+        (b, m) => format!("; the grace period held back {b} blobs and {m} untagged manifests"),
+    }
+}
+
 fn print_gc(r: &GcReport) {
     let verb = if r.dry_run { "would delete" } else { "deleted" };
     out!(
-        "garbage collection {verb} {} manifests and {} blobs, {} bytes",
+        "garbage collection {verb} {} manifests and {} blobs, {} bytes{}",
         r.manifests_deleted,
         r.blobs_deleted,
-        r.bytes_freed
+        r.bytes_freed,
+        held_back(r.held_back_blobs, r.held_back_manifests)
     );
     if r.dry_run {
         for m in &r.manifests {
@@ -76,12 +86,23 @@ fn print_gc(r: &GcReport) {
 
 fn print_retention(r: &RetentionReport) {
     let verb = if r.dry_run { "would delete" } else { "deleted" };
-    out!("retention {verb} {} tags and {} manifests", r.tags.len(), r.manifests.len());
+    out!(
+        "retention {verb} {} tags and {} manifests, kept {} tags{}",
+        r.tags.len(),
+        r.manifests.len(),
+        r.kept.len(),
+        held_back(0, r.held_back_manifests)
+    );
     for t in &r.tags {
-        out!("  tag {t}");
+        out!("  delete tag {t}");
     }
     for m in &r.manifests {
-        out!("  manifest {m}");
+        out!("  delete manifest {m}");
+    }
+    if r.dry_run {
+        for k in &r.kept {
+            out!("  keep tag {k}");
+        }
     }
 }
 
@@ -181,9 +202,9 @@ async fn remote(cfg: &Config, cmd: Command) -> Result<()> {
             .ok()
             .and_then(|v| {
                 let e = &v["errors"][0];
-                let m = e["message"].as_str()?.to_owned();
+                let m = format!("{}: {}", e["code"].as_str()?, e["message"].as_str()?);
                 Some(match e["detail"].as_str() {
-                    Some(d) => format!("{m}: {d}"),
+                    Some(d) => format!("{m} ({d})"),
                     None => m,
                 })
             })

@@ -27,6 +27,8 @@ struct Image {
     tag: String,
     manifest: String,
     manifest_len: usize,
+    /// Bytes of its config and layers.
+    blob_bytes: u64,
     blobs: Vec<String>,
 }
 
@@ -100,7 +102,8 @@ async fn push_image(
     let m = manifest_json(&(cd, config.len()), &descs, None);
     let reference = if tag.is_empty() { digest_of(m.as_bytes()) } else { tag.to_owned() };
     let manifest = put_manifest(c, base_url, repo, &reference, OCI_MANIFEST, &m).await?;
-    Ok(Image { repo: repo.into(), tag: tag.into(), manifest, manifest_len: m.len(), blobs })
+    let blob_bytes = descs.iter().map(|(_, n)| *n as u64).sum::<u64>() + config.len() as u64;
+    Ok(Image { repo: repo.into(), tag: tag.into(), manifest, manifest_len: m.len(), blobs, blob_bytes })
 }
 
 /// Every blob digest in a filesystem store.
@@ -454,7 +457,9 @@ async fn delete_untagged_keeps_multi_arch_children_and_signatures() {
     std::thread::sleep(Duration::from_millis(20));
 
     let dry = berth_ok(&["gc", "--dry-run", "--delete-untagged", "--grace", "0s"], &cfg);
-    assert!(dry.contains("would delete 2 manifests"), "{dry}");
+    // The dry run reports what the real run frees: the manifests and the blobs only they name.
+    let freed = lonely.blob_bytes + old.blob_bytes + (lonely.manifest_len + old.manifest_len) as u64;
+    assert!(dry.contains(&format!("would delete 2 manifests and 6 blobs, {freed} bytes")), "{dry}");
     assert!(dry.contains(&lonely.manifest) && dry.contains(&old.manifest), "{dry}");
     for (_, child) in &children {
         assert!(!dry.contains(&child.manifest), "an index child would go: {dry}");
@@ -463,7 +468,7 @@ async fn delete_untagged_keeps_multi_arch_children_and_signatures() {
     let before = stored_blobs(&store);
 
     let out = berth_ok(&["gc", "--delete-untagged", "--grace", "0s"], &cfg);
-    assert!(out.contains("deleted 2 manifests and 6 blobs"), "{out}");
+    assert!(out.contains(&format!("deleted 2 manifests and 6 blobs, {freed} bytes")), "{out}");
     let after = stored_blobs(&store);
     let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
     let mut expected_gone: BTreeSet<String> = [lonely.manifest.clone(), old.manifest.clone()].into();
@@ -663,6 +668,18 @@ async fn only_administrators_collect_and_only_deleters_delete_repositories() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("NAME_UNKNOWN"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = output(Command::new(berth_bin()).args(["gc", "--dry-run"]).arg(&cfg));
     assert!(!o.status.success(), "anonymous collection refused");
+    // The refusal says what to set.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("401") && err.contains("set BERTH_USER and BERTH_PASSWORD"), "{err}");
+    let o = output(
+        Command::new(berth_bin())
+            .args(["quotas"])
+            .arg(&cfg)
+            .env("BERTH_USER", "reader")
+            .env("BERTH_PASSWORD", "reader-pw"),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("403") && err.contains("auth.access.admins"), "{err}");
     let admin_gc = |extra: &[&str]| {
         run(Command::new(berth_bin())
             .args(["gc", "--dry-run"])
@@ -675,6 +692,7 @@ async fn only_administrators_collect_and_only_deleters_delete_repositories() {
     // a grace period given on the command line reaches the server.
     let out = admin_gc(&[]);
     assert!(out.contains("garbage collection would delete 0 manifests and 0 blobs"), "{out}");
+    assert!(out.contains("the grace period held back 1 blobs"), "{out}");
     let out = admin_gc(&["--grace", "0s"]);
     assert!(out.contains("would delete 0 manifests and 1 blobs") && out.contains(&img), "{out}");
     assert!(b.stop());
