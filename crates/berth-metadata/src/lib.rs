@@ -34,6 +34,20 @@ pub enum MetadataError {
     Corrupt(String),
 }
 
+impl MetadataError {
+    /// Whether the database could not write for want of disk space
+    /// (SQLite's SQLITE_FULL, PostgreSQL's disk_full).
+    pub fn is_full(&self) -> bool {
+        match self {
+            MetadataError::Database(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("13") | Some("53100")) || e.message().contains("disk is full")
+            }
+            MetadataError::Database(sqlx::Error::Io(e)) => e.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = MetadataError> = std::result::Result<T, E>;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp column.

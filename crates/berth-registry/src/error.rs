@@ -46,4 +46,15 @@ pub enum RegistryError {
     Internal(String),
 }
 
+impl RegistryError {
+    /// Whether the store or the database ran out of space.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            RegistryError::Storage(e) => e.is_full(),
+            RegistryError::Metadata(e) => e.is_full(),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;

@@ -316,7 +316,11 @@ impl Registry {
             .map_err(|_| RegistryError::BlobUploadInvalid("corrupt upload state".into()))?;
         // A chunk need not reach the disk: only the committed blob must. After
         // a power loss a chunk may be gone, and the client restarts the upload.
-        let out = self.ingest_upload(repo, id, size, state, row.storage_state.as_deref(), body, limit, false).await?;
+        let out =
+            match self.ingest_upload(repo, id, size, state, row.storage_state.as_deref(), body, limit, false).await {
+                Ok(out) => out,
+                Err(e) => return Err(self.give_up_if_full(repo, id, row.storage_state.as_deref(), e).await),
+            };
         let new_size = size + out.written;
         let advanced = self
             .inner
@@ -385,8 +389,13 @@ impl Registry {
                 if let Some(l) = limit {
                     self.check_quota(repo, digest, size.saturating_add(l)).await?;
                 }
-                let out =
-                    self.ingest_upload(repo, id, size, state, row.storage_state.as_deref(), body, limit, true).await?;
+                let out = match self
+                    .ingest_upload(repo, id, size, state, row.storage_state.as_deref(), body, limit, true)
+                    .await
+                {
+                    Ok(out) => out,
+                    Err(e) => return Err(self.give_up_if_full(repo, id, row.storage_state.as_deref(), e).await),
+                };
                 size += out.written;
                 state = out.state;
             }
@@ -464,6 +473,24 @@ impl Registry {
         }
         ignore_missing(self.inner.storage.delete(&layout::upload_dir(repo, id)).await)?;
         Ok(())
+    }
+
+    /// An upload that ran out of space is given up at once, so its data does
+    /// not keep the disk full; other failures leave it to be retried.
+    async fn give_up_if_full(
+        &self,
+        repo: &RepoName,
+        id: &Uuid,
+        storage_state: Option<&str>,
+        e: RegistryError,
+    ) -> RegistryError {
+        if e.is_storage_full() {
+            tracing::warn!(upload = %id, repository = %repo, error = %e, "upload given up: no space left");
+            if let Err(r) = self.remove_upload(repo, id, storage_state).await {
+                tracing::warn!(upload = %id, error = %r, "could not remove the upload's data");
+            }
+        }
+        e
     }
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &Uuid) -> Result<()> {

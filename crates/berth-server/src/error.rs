@@ -16,15 +16,22 @@ pub struct ApiError {
     pub detail: Option<serde_json::Value>,
     /// Extra response headers (boxed: errors travel through many `Result`s).
     pub headers: Box<HeaderMap>,
+    /// A reason phrase other than the status's usual one (HTTP/1).
+    pub reason: Option<&'static [u8]>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), detail: None, headers: Box::default() }
+        ApiError { status, code, message: message.into(), detail: None, headers: Box::default(), reason: None }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(serde_json::Value::String(detail.into()));
+        self
+    }
+
+    pub fn with_reason(mut self, reason: &'static [u8]) -> Self {
+        self.reason = Some(reason);
         self
     }
 
@@ -117,6 +124,19 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", "request body could not be read")
                     .with_detail(d.to_string())
             }
+            // The cause, and a status clients do not retry (507).
+            e if e.is_storage_full() => {
+                tracing::warn!(error = %msg, "storage full");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "UNKNOWN",
+                    "the registry's storage is full: no space left for more data",
+                )
+                .with_detail("an administrator must make room (delete images, then collect garbage)")
+                // Clients that show only the status line show the cause, and
+                // Docker does not retry an error that says so.
+                .with_reason(b"Insufficient Storage (no space left on device)")
+            }
             E::Storage(_) | E::Metadata(_) | E::Internal(_) => {
                 // Logged once here, with the request's span (and so its id); clients see no internals.
                 tracing::error!(error = %msg, "internal error");
@@ -135,6 +155,9 @@ impl IntoResponse for ApiError {
         let body = json!({ "errors": [err] }).to_string();
         let mut resp = (self.status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
         resp.headers_mut().extend(*self.headers);
+        if let Some(r) = self.reason {
+            resp.extensions_mut().insert(hyper::ext::ReasonPhrase::from_static(r));
+        }
         resp
     }
 }

@@ -33,6 +33,10 @@ const MAX_MOUNT_SOURCES: usize = 100;
 
 pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    // A request refused before (or while) its body was read still has its
+    // body read, so the client, still sending, gets to read the answer.
+    let shared = SharedBody::new(body);
+    let body = Body::new(shared.clone());
     let raw = parts.uri.path();
     let rest = raw.strip_prefix("/v2").unwrap_or(raw);
     let rest = rest.strip_prefix('/').unwrap_or(rest);
@@ -83,7 +87,66 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
         Endpoint::Referrers { name, digest } if is_get(m) => ctx.referrers(&name, &digest).await,
         _ => Err(method_not_allowed(m, allow)),
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            shared.drain(REFUSED_BODY_DRAIN).await;
+            e.into_response()
+        }
+    }
+}
+
+/// How much of a refused request's body is read and dropped: enough for
+/// any layer a client would send, bounded (the connection's body watch also
+/// cuts a stalled one).
+const REFUSED_BODY_DRAIN: u64 = 1 << 30;
+
+/// A request body the dispatcher and a handler share: the handler reads it,
+/// and after a refusal the dispatcher reads what is left.
+#[derive(Clone)]
+struct SharedBody(std::sync::Arc<std::sync::Mutex<Body>>);
+
+impl SharedBody {
+    fn new(body: Body) -> Self {
+        SharedBody(std::sync::Arc::new(std::sync::Mutex::new(body)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Body> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads and drops up to `limit` bytes of what is left.
+    async fn drain(&self, limit: u64) {
+        let mut seen = 0u64;
+        while seen <= limit {
+            let frame =
+                std::future::poll_fn(|cx| http_body::Body::poll_frame(std::pin::Pin::new(&mut *self.lock()), cx)).await;
+            match frame {
+                Some(Ok(f)) => seen += f.data_ref().map(|d| d.len() as u64).unwrap_or(0),
+                _ => return,
+            }
+        }
+    }
+}
+
+impl http_body::Body for SharedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        http_body::Body::poll_frame(std::pin::Pin::new(&mut *self.lock()), cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&*self.lock())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&*self.lock())
+    }
 }
 
 /// What a request needs to be allowed; None when the method does not apply.

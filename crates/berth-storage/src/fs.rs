@@ -32,6 +32,38 @@ pub struct FsDriver {
 struct Inner {
     root: PathBuf,
     tmp: PathBuf,
+    /// Free bytes upload data never takes: the metadata database, links,
+    /// manifests and deletions still have room on a full disk.
+    reserve: u64,
+}
+
+/// The reserve when none is configured: 2 % of the filesystem, at most 64 MiB.
+fn default_reserve(root: &Path) -> u64 {
+    match rustix::fs::statvfs(root) {
+        Ok(st) => (st.f_blocks.saturating_mul(st.f_frsize) / 50).min(64 << 20),
+        Err(_) => 64 << 20,
+    }
+}
+
+impl Inner {
+    /// Refuses more upload data when the filesystem is down to its reserve.
+    fn check_space(&self) -> Result<()> {
+        let st = match rustix::fs::statvfs(&self.root) {
+            Ok(st) => st,
+            // A filesystem that cannot say is not refused for it.
+            Err(_) => return Ok(()),
+        };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < self.reserve {
+            return Err(StorageError::Full(format!(
+                "{free} bytes free on the filesystem of {}, below the {} kept for the metadata and deletions \
+                 (storage.filesystem.reserve); delete images and collect garbage to make room",
+                self.root.display(),
+                self.reserve
+            )));
+        }
+        Ok(())
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -42,6 +74,12 @@ impl FsDriver {
     /// Opens (creating if needed) a store rooted at `root`, and removes
     /// temporary files a crash may have left.
     pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+        Self::with_reserve(root, None)
+    }
+
+    /// As [`FsDriver::new`], keeping `reserve` bytes free of upload data
+    /// (default: 2 % of the filesystem, at most 64 MiB).
+    pub fn with_reserve(root: impl Into<PathBuf>, reserve: Option<u64>) -> io::Result<Self> {
         let root = root.into();
         let tmp = root.join("_berth").join("tmp");
         fs::create_dir_all(&tmp)?;
@@ -58,7 +96,13 @@ impl FsDriver {
                 }
             }
         }
-        Ok(FsDriver { inner: Arc::new(Inner { root, tmp }) })
+        let reserve = reserve.unwrap_or_else(|| default_reserve(&root));
+        Ok(FsDriver { inner: Arc::new(Inner { root, tmp, reserve }) })
+    }
+
+    /// The bytes kept free of upload data.
+    pub fn reserve(&self) -> u64 {
+        self.inner.reserve
     }
 
     pub fn root(&self) -> &Path {
@@ -174,7 +218,9 @@ impl StorageDriver for FsDriver {
     async fn writer(&self, path: &StoragePath, offset: u64, _state: Option<&str>) -> Result<Box<dyn StorageWriter>> {
         let full = self.full(path);
         let p = path.clone();
+        let inner = self.inner.clone();
         let file = blocking(move || {
+            inner.check_space()?;
             let open = || OpenOptions::new().write(true).create(offset == 0).truncate(false).open(&full);
             let mut f = match open() {
                 Err(e) if e.kind() == io::ErrorKind::NotFound && offset == 0 => {
@@ -196,7 +242,15 @@ impl StorageDriver for FsDriver {
             Ok(f)
         })
         .await?;
-        Ok(Box::new(FsWriter { file: Some(file), path: path.clone(), size: offset, synced: offset, syncing: None }))
+        Ok(Box::new(FsWriter {
+            file: Some(file),
+            path: path.clone(),
+            size: offset,
+            synced: offset,
+            syncing: None,
+            inner: self.inner.clone(),
+            checked: offset,
+        }))
     }
 
     async fn list(&self, path: &StoragePath) -> Result<Vec<String>> {
@@ -383,7 +437,13 @@ struct FsWriter {
     // Size when the last background sync started, and that sync.
     synced: u64,
     syncing: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    inner: Arc<Inner>,
+    // Size when free space was last looked at.
+    checked: u64,
 }
+
+/// Free space is looked at again after this many bytes of upload data.
+const SPACE_STEP: u64 = 4 * 1024 * 1024;
 
 /// A background fdatasync starts every this many bytes, so the disk writes
 /// while the body still arrives and the final fsync has little left to do.
@@ -394,8 +454,12 @@ const CLOSE_SYNC_MIN: u64 = 4 * 1024 * 1024;
 #[async_trait]
 impl StorageWriter for FsWriter {
     async fn write(&mut self, chunks: Vec<Bytes>) -> Result<()> {
-        let mut file = self.file.take().ok_or_else(|| StorageError::Other("writer already failed".into()))?;
         let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        if self.size.saturating_add(n) - self.checked >= SPACE_STEP {
+            self.inner.check_space()?;
+            self.checked = self.size;
+        }
+        let mut file = self.file.take().ok_or_else(|| StorageError::Other("writer already failed".into()))?;
         let (file, res) = tokio::task::spawn_blocking(move || {
             let r = write_all_vectored(&mut file, &chunks);
             (file, r)
@@ -459,6 +523,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = FsDriver::new(dir.path()).unwrap();
         crate::conformance::run_all(&d).await;
+    }
+
+    #[tokio::test]
+    async fn upload_data_leaves_the_reserve_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = rustix::fs::statvfs(dir.path()).map(|s| s.f_bavail * s.f_frsize).unwrap();
+        let d = FsDriver::with_reserve(dir.path(), Some(free.saturating_add(1 << 30))).unwrap();
+        let repo = berth_types::RepoName::parse("a").unwrap();
+        let p = crate::layout::upload_data(&repo, &uuid::Uuid::new_v4());
+        let e = d.writer(&p, 0, None).await.err().expect("refused");
+        assert!(e.is_full() && e.to_string().contains("storage.filesystem.reserve"), "{e}");
+        // Small files (links, manifests, the metadata's neighbours) still go in.
+        let digest = berth_types::Digest::of_bytes(b"l");
+        d.put_content(&crate::layout::layer_link(&repo, &digest), Bytes::from_static(b"l")).await.unwrap();
+        let d = FsDriver::with_reserve(dir.path(), Some(0)).unwrap();
+        let mut w = d.writer(&p, 0, None).await.unwrap();
+        w.write(vec![Bytes::from(vec![1u8; 5 << 20])]).await.unwrap();
+        assert_eq!(w.commit().await.unwrap(), 5 << 20);
     }
 
     #[tokio::test]

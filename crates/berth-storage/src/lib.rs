@@ -31,6 +31,10 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// The store has no room for more data (or keeps what is left for the
+    /// metadata and deletions).
+    #[error("storage is full: {0}")]
+    Full(String),
     #[error("storage error: {0}")]
     Other(String),
 }
@@ -40,11 +44,17 @@ impl StorageError {
         matches!(self, StorageError::NotFound(_))
     }
 
+    pub fn is_full(&self) -> bool {
+        matches!(self, StorageError::Full(_))
+    }
+
     pub(crate) fn io(path: &StoragePath, source: std::io::Error) -> Self {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            StorageError::NotFound(path.as_str().to_owned())
-        } else {
-            StorageError::Io { path: path.as_str().to_owned(), source }
+        match source.kind() {
+            std::io::ErrorKind::NotFound => StorageError::NotFound(path.as_str().to_owned()),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                StorageError::Full(format!("writing {path}: {source}"))
+            }
+            _ => StorageError::Io { path: path.as_str().to_owned(), source },
         }
     }
 }

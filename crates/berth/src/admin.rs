@@ -150,8 +150,14 @@ async fn local(cfg: &Config, cmd: Command) -> Result<()> {
     out
 }
 
-/// The URL of the server this configuration describes, for local maintenance.
+/// The URL of the server this configuration describes, for local maintenance:
+/// the one its lock file names, else `http.host`, else `http.addr` on loopback.
 fn server_url(cfg: &Config) -> Result<String> {
+    let announced = app::lock_path(cfg).and_then(|p| std::fs::read_to_string(p).ok());
+    if let Some(url) = announced.map(|s| s.trim().to_owned()).filter(|s| s.starts_with("http://")) {
+        // An address on every interface is asked on loopback.
+        return Ok(url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:"));
+    }
     if let Some(h) = &cfg.http.host {
         return Ok(h.trim_end_matches('/').to_owned());
     }

@@ -179,23 +179,24 @@ pub(crate) struct Built {
     _scratch: Option<tempfile::TempDir>,
 }
 
+/// Where the store's lock lives; None when there is nothing to lock.
+pub(crate) fn lock_path(cfg: &Config) -> Option<PathBuf> {
+    if cfg.storage.inmemory.is_some() {
+        return None;
+    }
+    if cfg.storage.s3.is_some() || cfg.storage.oss.is_some() {
+        return db_path(cfg).map(|db| db.with_extension("lock"));
+    }
+    Some(fs_root(cfg).join("_berth").join("serve.lock"))
+}
+
 /// The lock a server holds on its embedded database for its whole life, so
 /// that a second server, or an offline maintenance command, does not open it
 /// beside it: `_berth/serve.lock` in a filesystem store, `<database>.lock`
 /// beside the SQLite file of an object store. Ok(None) when there is nothing
 /// to lock (in memory).
 pub(crate) fn lock_store(cfg: &Config) -> Result<Option<Result<std::fs::File, ()>>> {
-    if cfg.storage.inmemory.is_some() {
-        return Ok(None);
-    }
-    let path = if cfg.storage.s3.is_some() || cfg.storage.oss.is_some() {
-        match db_path(cfg) {
-            Some(db) => db.with_extension("lock"),
-            None => return Ok(None),
-        }
-    } else {
-        fs_root(cfg).join("_berth").join("serve.lock")
-    };
+    let Some(path) = lock_path(cfg) else { return Ok(None) };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -224,7 +225,9 @@ pub(crate) async fn build(cfg: &Config, mode: Mode) -> Result<Built> {
         (Arc::new(MemoryDriver::new()), None)
     } else {
         let root = fs_root(cfg);
-        let fs = FsDriver::new(&root).with_context(|| format!("opening storage at {}", root.display()))?;
+        let reserve = cfg.storage.filesystem.as_ref().map(|f| f.reserve_bytes()).transpose()?.flatten();
+        let fs =
+            FsDriver::with_reserve(&root, reserve).with_context(|| format!("opening storage at {}", root.display()))?;
         (Arc::new(fs), None::<tempfile::TempDir>)
     };
     let (meta, created, scratch) = if let Some(dsn) = cfg.database.postgres_dsn() {
@@ -342,13 +345,20 @@ pub fn run(mode: Mode, config_file: Option<PathBuf>) -> Result<()> {
             Mode::Serve => Some(bind(&cfg).await?),
             _ => None,
         };
-        let _lock = match lock_store(&cfg)? {
+        let mut lock = match lock_store(&cfg)? {
             Some(Err(())) => anyhow::bail!(
                 "another berth server uses the store at {}; stop it first (maintenance commands talk to it instead)",
                 fs_root(&cfg).display()
             ),
-            other => other,
+            Some(Ok(f)) => Some(f),
+            None => None,
         };
+        // The lock file names where the server listens, for the maintenance commands.
+        if let (Some(f), Some(Bound::Tcp(l))) = (&mut lock, &listener) {
+            use std::io::{Seek, Write};
+            let url = format!("http://{}\n", l.local_addr()?);
+            let _ = f.set_len(0).and_then(|()| f.rewind()).and_then(|()| f.write_all(url.as_bytes()));
+        }
         let built = build(&cfg, mode).await?;
         match listener {
             None => {

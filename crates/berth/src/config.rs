@@ -232,6 +232,20 @@ pub struct FilesystemConfig {
     #[serde(default)]
     #[allow(dead_code)] // accepted for compatibility
     pub maxthreads: Option<u64>,
+    /// Berth: free space upload data never takes, so the metadata database
+    /// and deletions still work on a full disk (`64MiB`; default 2 % of the
+    /// filesystem, at most 64 MiB).
+    #[serde(default)]
+    pub reserve: Option<String>,
+}
+
+impl FilesystemConfig {
+    pub fn reserve_bytes(&self) -> Result<Option<u64>> {
+        self.reserve
+            .as_deref()
+            .map(|r| berth_types::pattern::parse_size(r).map_err(|e| anyhow!("storage.filesystem.reserve: {e}")))
+            .transpose()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -765,6 +779,9 @@ impl Config {
                  database.path: /var/lib/registry/metadata.sqlite on a persistent volume (one instance; \
                  rebuilt from the bucket when missing)"
             );
+        }
+        if let Some(f) = &s.filesystem {
+            f.reserve_bytes()?;
         }
         if self.compatibility.schema1.enabled {
             bail!("compatibility.schema1.enabled: schema 1 manifests are not supported");
