@@ -433,3 +433,115 @@ fn docker_login_with_a_token_checked_by_an_identity_service() {
     let out = output(d.cmd().args(["push", &other]));
     assert!(!out.status.success(), "a push outside the user's home was allowed");
 }
+
+/// docs/auth.md's rules: a publisher, a reader, and anonymous pulls of `public/**`.
+const PUBLIC_RULES: &str = "  access:
+    rules:
+      - repositories: [\"**\"]
+        users: [alice]
+        actions: [pull, push, delete]
+      - repositories: [\"**\"]
+        users: [reader]
+        actions: [pull]
+      - repositories: [\"public/**\"]
+        anonymous: true
+        actions: [pull]
+";
+
+/// htpasswd and an anonymous rule, and no `auth.issuer`: Berth runs its
+/// token issuer by itself, since Docker and containerd pull anonymously only
+/// through the Bearer flow; skopeo and podman without credentials send empty
+/// basic ones, which are anonymous.
+#[test]
+fn anonymous_pulls_and_logged_in_pushes_with_docker_podman_skopeo_and_ctr() {
+    if !require("dockerd") || !require("skopeo") || !require("podman") || !require("ctr") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra =
+        format!("auth:\n  htpasswd:\n    realm: Berth\n    path: {}\n{PUBLIC_RULES}", users(dir.path()).display());
+    let b = Berth::start(&write_config(dir.path(), &dir.path().join("store"), &extra));
+    let img = test_image();
+    let public = format!("{}/public/hello:1.0", b.addr);
+    let private = format!("{}/private/app:1.0", b.addr);
+    for target in [&public, &private] {
+        run(Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "alice:alice-pw",
+            &img.oci_ref,
+            &format!("docker://{target}"),
+        ]));
+    }
+    let none = dir.path().join("no-credentials.json");
+    std::fs::write(&none, "{}").unwrap();
+
+    // skopeo, anonymous: the public image, not the private one.
+    let inspect = |image: &str| {
+        output(
+            Command::new("skopeo")
+                .args(["inspect", "--raw", "--tls-verify=false", "--authfile"])
+                .arg(&none)
+                .arg(format!("docker://{image}")),
+        )
+    };
+    assert!(inspect(&public).status.success(), "{}", String::from_utf8_lossy(&inspect(&public).stderr));
+    assert!(!inspect(&private).status.success());
+
+    // podman, anonymous, then logged in as the publisher.
+    std::fs::write(dir.path().join("podman-auth.json"), "{}").unwrap();
+    let work = dir.path().join("podman");
+    let podman = |args: &[&str]| {
+        let mut c = common::podman(&work);
+        c.args(args).env("REGISTRY_AUTH_FILE", dir.path().join("podman-auth.json"));
+        c
+    };
+    run(&mut podman(&["pull", "-q", "--tls-verify=false", &public]));
+    assert!(!output(&mut podman(&["pull", "-q", "--tls-verify=false", &private])).status.success());
+    run_with_input(
+        &mut podman(&["login", "--tls-verify=false", "-u", "alice", "--password-stdin", &b.addr]),
+        "alice-pw",
+    );
+    run(&mut podman(&["push", "-q", "--tls-verify=false", &public, &format!("{}/public/from-podman:1", b.addr)]));
+    run(&mut podman(&["pull", "-q", "--tls-verify=false", &private]));
+    let _ = Command::new("sh").arg("-c").arg(format!("rm -rf {}", work.display())).status();
+
+    // docker, never logged in: pulls the public image, is refused the private one.
+    let d = Dockerd::start();
+    run(d.cmd().args(["pull", "-q", &public]));
+    let id = run(d.cmd().args(["image", "inspect", "-f", "{{.Id}}", &public]));
+    assert_eq!(id.trim(), img.config_digest);
+    let out = output(d.cmd().args(["pull", "-q", &private]));
+    assert!(!out.status.success(), "an anonymous docker pulled a private image");
+    // Logged in, it pushes, and a read-only user pulls the private image.
+    docker_login(&d, &b.addr, "alice", "alice-pw");
+    let pushed = format!("{}/public/from-docker:1", b.addr);
+    run(d.cmd().args(["tag", &public, &pushed]));
+    run(d.cmd().args(["push", &pushed]));
+    docker_login(&d, &b.addr, "reader", "reader-pw");
+    run(d.cmd().args(["pull", "-q", &private]));
+    let out = output(d.cmd().args(["push", &pushed]));
+    assert!(!out.status.success(), "a read-only user pushed");
+
+    // containerd's ctr, on the engine's containerd: anonymous pull, then a push with credentials.
+    let ctr = |args: &[&str]| {
+        let mut c = Command::new("ctr");
+        c.arg("-a").arg(d.containerd_socket()).args(["-n", "berth-test"]).args(args);
+        c
+    };
+    run(&mut ctr(&["images", "pull", "--plain-http", &public]));
+    assert!(!output(&mut ctr(&["images", "pull", "--plain-http", &private])).status.success());
+    let from_ctr = format!("{}/public/from-ctr:1", b.addr);
+    run(&mut ctr(&["images", "tag", &public, &from_ctr]));
+    assert!(!output(&mut ctr(&["images", "push", "--plain-http", &from_ctr])).status.success(), "anonymous push");
+    run(&mut ctr(&["images", "push", "--plain-http", "--user", "alice:alice-pw", &from_ctr]));
+    run(&mut ctr(&["images", "pull", "--plain-http", "--user", "reader:reader-pw", &private]));
+
+    // Everything pushed is there, byte for byte the same image.
+    for repo in ["public/from-podman:1", "public/from-docker:1", "public/from-ctr:1"] {
+        let m = skopeo_raw_manifest(&format!("{}/{repo}", b.addr));
+        assert_eq!(m["config"]["digest"], img.config_digest, "{repo}");
+    }
+}

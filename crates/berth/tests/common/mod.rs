@@ -339,6 +339,11 @@ impl Dockerd {
         Dockerd { dir, env, cli }
     }
 
+    /// The socket of the engine's containerd, for `ctr -a`.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.dir.path().join("exec/containerd/containerd.sock")
+    }
+
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(&self.cli);
         c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
