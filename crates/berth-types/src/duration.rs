@@ -53,6 +53,18 @@ pub fn parse(s: &str, bare_unit: Duration) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A duration as a person writes it in the configuration: `6h`, `30m`, `90s`, `250ms`.
+pub fn display(d: Duration) -> String {
+    let (secs, ms) = (d.as_secs(), d.subsec_millis());
+    match (secs, ms) {
+        (0, ms) => format!("{ms}ms"),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        (s, ms) => format!("{s}.{ms:03}s"),
+    }
+}
+
 /// A duration in milliseconds as the metadata stores times, saturating at `i64::MAX`.
 pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -108,6 +120,16 @@ mod tests {
         for bad in ["", "h", "10x", "1.2.3s", "3 days", "-1s"] {
             assert!(parse(bad, ns).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn durations_read_back_as_written() {
+        for (d, text) in [(3600 * 6, "6h"), (1800, "30m"), (90, "90s")] {
+            assert_eq!(display(Duration::from_secs(d)), text);
+            assert_eq!(parse(text, Duration::from_secs(1)).unwrap(), Duration::from_secs(d));
+        }
+        assert_eq!(display(Duration::from_millis(250)), "250ms");
+        assert_eq!(display(Duration::from_millis(1500)), "1.500s");
     }
 
     #[test]

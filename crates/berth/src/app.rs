@@ -82,10 +82,11 @@ pub fn check_config(file: &Path) -> Result<()> {
         if cfg.admin.tokenfile.is_some() { format!("{admins}; and the admin.tokenfile token") } else { admins };
     out.push(format!("  admins:    {admins}"));
     let gc = &cfg.gc;
+    let human = berth_types::duration::display;
     out.push(format!(
-        "  gc:        {}, grace {:?}{}{}",
-        if gc.enabled { format!("every {:?}", gc.interval) } else { "on demand".to_owned() },
-        gc.grace,
+        "  gc:        {}, grace {}{}{}",
+        if gc.enabled { format!("every {}", human(gc.interval)) } else { "on demand".to_owned() },
+        human(gc.grace),
         if gc.deleteuntagged { ", untagged manifests too" } else { "" },
         if gc.dryrun { ", dry run" } else { "" }
     ));
@@ -98,7 +99,7 @@ pub fn check_config(file: &Path) -> Result<()> {
             what.push(format!("keep tags {}", p.keep_tags.join(",")));
         }
         if let Some(a) = p.older_than {
-            what.push(format!("delete tags unused for {a:?}"));
+            what.push(format!("delete tags unused for {}", human(a)));
         }
         if p.delete_untagged {
             what.push("delete untagged manifests".to_owned());

@@ -68,6 +68,40 @@ impl std::fmt::Display for S3Error {
 
 pub(crate) type S3Result<T> = Result<T, S3Error>;
 
+/// An error with every cause under it (`error sending request for url (…):
+/// client error (Connect): tcp connect error: Connection refused`), so the
+/// root cause (a DNS failure, a refused connection, TLS) and the address tried
+/// reach the message.
+pub(crate) fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    // The kind of failure first, in words, then the whole chain.
+    let lower = out.to_ascii_lowercase();
+    let kind = if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        "DNS lookup failed"
+    } else if lower.contains("connection refused") {
+        "connection refused"
+    } else if ["certificate", "corrupt message", "handshake", "peer is incompatible", "tls"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        "TLS handshake failed"
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        "timed out"
+    } else {
+        return out;
+    };
+    format!("{kind}: {out}")
+}
+
 /// One object of a listing.
 #[derive(Debug, Clone)]
 pub(crate) struct ListedObject {
@@ -210,8 +244,9 @@ impl Client {
                     last = Some(err);
                 }
                 Err(e) => {
-                    tracing::debug!(%url, attempt, error = %e, "S3 request failed; retrying");
-                    last = Some(S3Error::Transport(e.to_string()));
+                    let why = cause_chain(&e);
+                    tracing::debug!(%url, attempt, error = %why, "S3 request failed; retrying");
+                    last = Some(S3Error::Transport(why));
                 }
             }
         }
@@ -347,7 +382,7 @@ impl Client {
             .header("content-type", "application/xml")
             .body(Bytes::from(xml));
         let r = self.send(req).await?;
-        let text = r.text().await.map_err(|e| S3Error::Transport(e.to_string()))?;
+        let text = r.text().await.map_err(|e| S3Error::Transport(cause_chain(&e)))?;
         for err in elements(&text, "Error") {
             let code = element(err, "Code").unwrap_or_default();
             if code != "NoSuchKey" {
@@ -383,7 +418,7 @@ impl Client {
         if let Some(c) = continuation {
             req = req.query("continuation-token", c);
         }
-        let text = self.send(req).await?.text().await.map_err(|e| S3Error::Transport(e.to_string()))?;
+        let text = self.send(req).await?.text().await.map_err(|e| S3Error::Transport(cause_chain(&e)))?;
         let mut page = ListPage::default();
         for c in elements(&text, "Contents") {
             let Some(key) = element(c, "Key") else { continue };
@@ -405,7 +440,7 @@ impl Client {
 
     pub async fn create_multipart(&self, key: &str, extra: &[(String, String)]) -> S3Result<String> {
         let r = self.send(Req::new(Method::POST, key).query("uploads", "").headers(extra).once()).await?;
-        let text = r.text().await.map_err(|e| S3Error::Transport(e.to_string()))?;
+        let text = r.text().await.map_err(|e| S3Error::Transport(cause_chain(&e)))?;
         element(&text, "UploadId").ok_or_else(|| S3Error::Transport(format!("no UploadId in answer: {text}")))
     }
 
@@ -469,7 +504,7 @@ impl Client {
     async fn send_checked<'k>(&self, req: impl Fn() -> Req<'k>) -> S3Result<String> {
         let mut attempt = 0;
         loop {
-            let text = self.send(req()).await?.text().await.map_err(|e| S3Error::Transport(e.to_string()))?;
+            let text = self.send(req()).await?.text().await.map_err(|e| S3Error::Transport(cause_chain(&e)))?;
             match check_embedded_error(&text) {
                 Err(S3Error::Status { code, .. })
                     if attempt + 1 < ATTEMPTS && (code == "InternalError" || code == "SlowDown") =>
