@@ -506,18 +506,23 @@ async fn a_dry_run_reports_what_the_real_run_frees_and_what_the_grace_period_kep
     e.reg.stat_blob(&repo, &config).await.unwrap();
 }
 
+/// Pushes an image of its own for each tag, in order, with distinct push times.
+async fn push_tags_in_order(reg: &Registry, repo: &RepoName, tags: &[&str]) {
+    let config = push_blob(reg, repo, b"{}").await;
+    for (i, t) in tags.iter().enumerate() {
+        let layer = push_blob(reg, repo, t.as_bytes()).await;
+        let m = image_manifest(&config, 2, &[(&layer, t.len())]);
+        reg.put_manifest(repo, &Reference::parse(t).unwrap(), None, m).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(3 + i as u64)).await;
+    }
+}
+
 #[tokio::test]
 async fn tags_kept_by_pattern_do_not_use_up_keeplast() {
     let e = env().await;
     let repo = name("ci/app");
-    let config = push_blob(&e.reg, &repo, b"{}").await;
     // The release tags are the newest: with keeplast 2 the two newest others stay too.
-    for (i, t) in ["a1", "a2", "a3", "a4", "release-1", "release-2"].iter().enumerate() {
-        let layer = push_blob(&e.reg, &repo, t.as_bytes()).await;
-        let m = image_manifest(&config, 2, &[(&layer, t.len())]);
-        e.reg.put_manifest(&repo, &Reference::parse(t).unwrap(), None, m).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(3 + i as u64)).await;
-    }
+    push_tags_in_order(&e.reg, &repo, &["a1", "a2", "a3", "a4", "release-1", "release-2"]).await;
     let policy = RetentionPolicy {
         repositories: vec![berth_types::pattern::RepoPattern::parse("ci/**").unwrap()],
         keep_last: Some(2),
@@ -545,14 +550,7 @@ async fn tags_kept_by_pattern_do_not_use_up_keeplast() {
 async fn retention_keeps_the_newest_and_protected_tags_and_dry_runs_change_nothing() {
     let e = env().await;
     let repo = name("ci/app");
-    let config = push_blob(&e.reg, &repo, b"{}").await;
-    for (i, t) in ["t1", "release-1", "t2", "t3", "t4", "t5"].iter().enumerate() {
-        let layer = push_blob(&e.reg, &repo, t.as_bytes()).await;
-        let m = image_manifest(&config, 2, &[(&layer, t.len())]);
-        e.reg.put_manifest(&repo, &Reference::parse(t).unwrap(), None, m).await.unwrap();
-        // Distinct push times.
-        tokio::time::sleep(std::time::Duration::from_millis(3 + i as u64)).await;
-    }
+    push_tags_in_order(&e.reg, &repo, &["t1", "release-1", "t2", "t3", "t4", "t5"]).await;
     let other = name("cache/app");
     let c2 = push_blob(&e.reg, &other, b"{}").await;
     e.reg.put_manifest(&other, &Reference::parse("old").unwrap(), None, image_manifest(&c2, 2, &[])).await.unwrap();

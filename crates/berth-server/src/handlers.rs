@@ -35,8 +35,11 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
     let (parts, body) = req.into_parts();
     // A request refused before (or while) its body was read still has its
     // body read, so the client, still sending, gets to read the answer.
-    let shared = SharedBody::new(body);
-    let body = Body::new(shared.clone());
+    let shared = (!http_body::Body::is_end_stream(&body)).then(|| SharedBody::new(body));
+    let body = match &shared {
+        Some(s) => Body::new(s.clone()),
+        None => Body::empty(),
+    };
     let raw = parts.uri.path();
     let rest = raw.strip_prefix("/v2").unwrap_or(raw);
     let rest = rest.strip_prefix('/').unwrap_or(rest);
@@ -90,7 +93,9 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
     match result {
         Ok(r) => r,
         Err(e) => {
-            shared.drain(REFUSED_BODY_DRAIN).await;
+            if let Some(s) = shared {
+                s.drain(REFUSED_BODY_DRAIN).await;
+            }
             e.into_response()
         }
     }

@@ -113,13 +113,12 @@ pub fn router_with(registry: Registry, config: ServerConfig, extra: Router) -> R
         .fallback(|| async { error::ApiError::not_found().into_response() })
         .with_state(state.clone())
         .merge(extra)
-        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(state, common_headers))
 }
 
 /// The last line of defence: a handler that panics answers 500 and is
 /// logged, and its connection goes on serving.
-async fn catch_panic(req: Request, next: Next) -> Response {
+async fn catch_panic(next: Next, req: Request) -> Response {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
         Ok(resp) => resp,
@@ -142,20 +141,20 @@ async fn catch_panic(req: Request, next: Next) -> Response {
 async fn common_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let h = req.headers();
-    let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let peer = req.extensions().get::<Peer>().map(|p| p.to_string()).unwrap_or_default();
+    let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let peer = req.extensions().get::<Peer>().copied();
     let span = tracing::info_span!(
         "request",
         "http.request.id" = %id,
         "http.request.method" = %req.method(),
-        "http.request.uri" = %logged_uri(req.uri()),
-        "http.request.host" = %text(header::HOST),
-        "http.request.remoteaddr" = %peer,
-        "http.request.useragent" = %text(header::USER_AGENT),
+        "http.request.uri" = %LoggedUri(req.uri()),
+        "http.request.host" = text(header::HOST),
+        "http.request.remoteaddr" = %OrEmpty(peer),
+        "http.request.useragent" = text(header::USER_AGENT),
         "auth.user.name" = tracing::field::Empty,
     );
     let start = Instant::now();
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = catch_panic(next, req).instrument(span.clone()).await;
     let h = resp.headers_mut();
     h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -174,14 +173,33 @@ async fn common_headers(State(state): State<AppState>, req: Request, next: Next)
 }
 
 /// The path and query of a request, with secret query values masked.
-fn logged_uri(uri: &axum::http::Uri) -> String {
-    let Some(q) = uri.query() else { return uri.path().to_owned() };
-    let masked: Vec<String> = q
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if ["password", "refresh_token", "token", "client_secret"].contains(&k) => format!("{k}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{}?{}", uri.path(), masked.join("&"))
+struct LoggedUri<'a>(&'a axum::http::Uri);
+
+impl std::fmt::Display for LoggedUri<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.path())?;
+        let Some(q) = self.0.query() else { return Ok(()) };
+        for (i, pair) in q.split('&').enumerate() {
+            f.write_str(if i == 0 { "?" } else { "&" })?;
+            match pair.split_once('=') {
+                Some((k, _)) if ["password", "refresh_token", "token", "client_secret"].contains(&k) => {
+                    write!(f, "{k}=***")?
+                }
+                _ => f.write_str(pair)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value, or nothing.
+struct OrEmpty<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrEmpty<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => Ok(()),
+        }
+    }
 }

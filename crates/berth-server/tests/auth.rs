@@ -176,6 +176,16 @@ async fn the_built_in_issuer_serves_the_docker_token_flow() {
         r.header("www-authenticate"),
         "Bearer realm=\"http://registry.test:5000/auth/token\",service=\"registry.test\",scope=\"repository:team/app:pull\""
     );
+    // The administration endpoints challenge with the same absolute realm.
+    let r = app.get("/_berth/quotas").await;
+    r.expect_error(401, "UNAUTHORIZED");
+    assert_eq!(
+        r.header("www-authenticate"),
+        "Bearer realm=\"http://registry.test:5000/auth/token\",service=\"registry.test\""
+    );
+    let r = app.send(Method::DELETE, "/_berth/repositories/team/app", &[], Bytes::new()).await;
+    r.expect_error(401, "UNAUTHORIZED");
+    assert!(r.header("www-authenticate").starts_with("Bearer realm=\"http://registry.test:5000/auth/token\""));
     let token = |who: &TestApp, scope: &str| {
         let who = who.authorized(who.headers.first().map(|h| h.1.as_str()).unwrap_or(""));
         let scope = scope.to_owned();

@@ -63,12 +63,12 @@ pub struct Lines {
 }
 
 /// The fields of a span, kept in its extensions.
-struct SpanFields(Vec<(String, Value)>);
+struct SpanFields(Vec<(&'static str, Value)>);
 
 #[derive(Default)]
 struct Collect {
     message: Option<String>,
-    fields: Vec<(String, Value)>,
+    fields: Vec<(&'static str, Value)>,
 }
 
 impl Collect {
@@ -81,9 +81,9 @@ impl Collect {
             return;
         }
         let name = field.name().strip_prefix("r#").unwrap_or(field.name());
-        match self.fields.iter_mut().find(|(k, _)| k == name) {
+        match self.fields.iter_mut().find(|(k, _)| *k == name) {
             Some(slot) => slot.1 = v,
-            None => self.fields.push((name.to_owned(), v)),
+            None => self.fields.push((name, v)),
         }
     }
 }
@@ -117,7 +117,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut c = Collect::default();
+        let mut c = Collect { message: None, fields: Vec::with_capacity(attrs.metadata().fields().len()) };
         attrs.record(&mut c);
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(SpanFields(c.fields));
@@ -152,12 +152,12 @@ where
 
 impl Lines {
     /// One whole line, ending in a newline.
-    fn line(&self, level: Level, now_ms: i64, event: Collect, spans: Vec<(String, Value)>) -> String {
+    fn line(&self, level: Level, now_ms: i64, event: Collect, spans: Vec<(&'static str, Value)>) -> String {
         let time = berth_types::time::rfc3339_millis(now_ms);
         let message = event.message.unwrap_or_default();
         let level_name = level.as_str().to_ascii_lowercase();
         // The event's own fields win over its spans', which win over log.fields.
-        let mut fields: Vec<(String, Value)> = event.fields;
+        let mut fields: Vec<(&str, Value)> = event.fields;
         for (k, v) in spans.into_iter().rev() {
             if !fields.iter().any(|(f, _)| *f == k) {
                 fields.push((k, v));
@@ -165,7 +165,7 @@ impl Lines {
         }
         for (k, v) in &self.fields {
             if !fields.iter().any(|(f, _)| f == k) {
-                fields.push((k.clone(), v.clone()));
+                fields.push((k.as_str(), v.clone()));
             }
         }
         match self.format {
@@ -204,7 +204,7 @@ impl Lines {
                     m.insert("message".into(), Value::String(message));
                 }
                 for (k, v) in fields {
-                    m.entry(k).or_insert(v);
+                    m.entry(k.to_owned()).or_insert(v);
                 }
                 let mut s = Value::Object(m).to_string();
                 s.push('\n');

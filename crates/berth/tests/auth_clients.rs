@@ -24,29 +24,30 @@ fn users(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-const RULES: &str = "  access:
-    rules:
-      - repositories: [\"**\"]
-        users: [alice]
-        actions: [pull, push, delete]
-      - repositories: [\"**\"]
-        users: [reader]
-        actions: [pull]
-      - repositories: [\"carol/**\"]
-        users: [carol]
-        actions: [pull, push, delete]
-";
+/// Access rules: alice may do everything, reader may pull, and `extra`.
+fn rules(extra: &str) -> String {
+    format!(
+        "  access:\n    rules:\n      - repositories: [\"**\"]\n        users: [alice]\n        actions: [pull, push, delete]\n      \
+         - repositories: [\"**\"]\n        users: [reader]\n        actions: [pull]\n{extra}"
+    )
+}
+
+/// carol owns carol/**.
+fn carol_rules() -> String {
+    rules("      - repositories: [\"carol/**\"]\n        users: [carol]\n        actions: [pull, push, delete]\n")
+}
 
 fn htpasswd_registry(dir: &Path) -> Berth {
-    let extra = format!("auth:\n  htpasswd:\n    realm: Berth\n    path: {}\n{RULES}", users(dir).display());
+    let extra = format!("auth:\n  htpasswd:\n    realm: Berth\n    path: {}\n{}", users(dir).display(), carol_rules());
     Berth::start(&write_config(dir, &dir.join("store"), &extra))
 }
 
 fn issuer_registry(dir: &Path) -> Berth {
     let extra = format!(
-        "auth:\n  htpasswd:\n    realm: Berth\n    path: {}\n  issuer:\n    service: berth-test\n    key: {}\n{RULES}",
+        "auth:\n  htpasswd:\n    realm: Berth\n    path: {}\n  issuer:\n    service: berth-test\n    key: {}\n{}",
         users(dir).display(),
-        dir.join("issuer.pem").display()
+        dir.join("issuer.pem").display(),
+        carol_rules()
     );
     Berth::start(&write_config(dir, &dir.join("store"), &extra))
 }
@@ -434,20 +435,6 @@ fn docker_login_with_a_token_checked_by_an_identity_service() {
     assert!(!out.status.success(), "a push outside the user's home was allowed");
 }
 
-/// docs/auth.md's rules: a publisher, a reader, and anonymous pulls of `public/**`.
-const PUBLIC_RULES: &str = "  access:
-    rules:
-      - repositories: [\"**\"]
-        users: [alice]
-        actions: [pull, push, delete]
-      - repositories: [\"**\"]
-        users: [reader]
-        actions: [pull]
-      - repositories: [\"public/**\"]
-        anonymous: true
-        actions: [pull]
-";
-
 /// htpasswd and an anonymous rule, and no `auth.issuer`: Berth runs its
 /// token issuer by itself, since Docker and containerd pull anonymously only
 /// through the Bearer flow; skopeo and podman without credentials send empty
@@ -458,8 +445,9 @@ fn anonymous_pulls_and_logged_in_pushes_with_docker_podman_skopeo_and_ctr() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let extra =
-        format!("auth:\n  htpasswd:\n    realm: Berth\n    path: {}\n{PUBLIC_RULES}", users(dir.path()).display());
+    // docs/auth.md's rules: a publisher, a reader, and anonymous pulls of public/**.
+    let public = rules("      - repositories: [\"public/**\"]\n        anonymous: true\n        actions: [pull]\n");
+    let extra = format!("auth:\n  htpasswd:\n    realm: Berth\n    path: {}\n{public}", users(dir.path()).display());
     let b = Berth::start(&write_config(dir.path(), &dir.path().join("store"), &extra));
     let img = test_image();
     let public = format!("{}/public/hello:1.0", b.addr);

@@ -225,18 +225,13 @@ fn logs_cannot_be_forged_and_carry_distribution_fields() {
         );
         std::fs::write(&cfg, text).unwrap();
         let (child, addr, rx) = serve_logging(Path::new(&cfg));
-        let status = run(Command::new("curl").args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
+        let status = curl_status(&[
             "-A",
             "agent\tINFO forged",
             "-H",
             &format!("Authorization: {forged}"),
             &format!("http://{addr}/v2/?q=1"),
-        ]));
+        ]);
         assert_eq!(status, "401", "a forged user name is a failed login");
         let lines = lines_until(&rx, |l| l.contains("response completed"));
         stop(child);

@@ -148,16 +148,7 @@ fn a_full_disk_refuses_pushes_clearly_and_recovers() {
         "{{.Digest}}",
         &format!("docker://{}/team/spare:1", b.addr),
     ]));
-    let status = run(Command::new("curl").args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-X",
-        "DELETE",
-        &b.url(&format!("/v2/team/spare/manifests/{}", digest.trim())),
-    ]));
+    let status = curl_status(&["-X", "DELETE", &b.url(&format!("/v2/team/spare/manifests/{}", digest.trim()))]);
     assert_eq!(status, "202", "a delete on a full disk");
     let out = run(Command::new(berth_bin()).args(["gc", "--delete-untagged", "--grace", "0s"]).arg(&cfg));
     assert!(out.contains("deleted"), "{out}");

@@ -25,7 +25,8 @@ pub(crate) struct GuardedBody<B> {
     inner: B,
     idle: Duration,
     min_rate: u64,
-    timer: Pin<Box<Sleep>>,
+    /// Made the first time the body has to wait (most requests have none).
+    timer: Option<Pin<Box<Sleep>>>,
     last_frame: Instant,
     window_start: Instant,
     window_bytes: u64,
@@ -34,15 +35,7 @@ pub(crate) struct GuardedBody<B> {
 impl<B> GuardedBody<B> {
     pub(crate) fn new(inner: B, idle: Duration, min_rate: u64) -> Self {
         let now = Instant::now();
-        GuardedBody {
-            inner,
-            idle,
-            min_rate,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
-            last_frame: now,
-            window_start: now,
-            window_bytes: 0,
-        }
+        GuardedBody { inner, idle, min_rate, timer: None, last_frame: now, window_start: now, window_bytes: 0 }
     }
 
     /// Closes a rate window that has run its length.
@@ -94,8 +87,10 @@ where
                     if now >= this.last_frame + this.idle {
                         return Poll::Ready(Some(Err(BodyStalled::Idle(this.idle).into())));
                     }
-                    this.timer.as_mut().reset(deadline.max(now + Duration::from_millis(1)));
-                    ready!(this.timer.as_mut().poll(cx));
+                    let at = deadline.max(now + Duration::from_millis(1));
+                    let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    timer.as_mut().reset(at);
+                    ready!(timer.as_mut().poll(cx));
                 }
             }
         }

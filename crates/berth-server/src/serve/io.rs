@@ -108,20 +108,24 @@ impl<IO> Watched<IO> {
             return None;
         }
         let head = buf.strip_prefix(b"HTTP/1.1 ").or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
-        let status: u16 = std::str::from_utf8(head.get(..3)?).ok()?.parse().ok()?;
+        // Only hyper's three statuses are looked at further: any other write costs a comparison.
+        let (status, reason, detail) = match head.get(..4)? {
+            b"400 " => (
+                400,
+                "Bad Request",
+                "the request could not be parsed (malformed request line, headers or Content-Length)",
+            ),
+            b"414 " => (414, "URI Too Long", "the request URI is longer than 65534 bytes"),
+            b"431 " => {
+                (431, "Request Header Fields Too Large", "the request has too many headers or headers too large")
+            }
+            _ => return None,
+        };
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
         let lower = buf[..end].to_ascii_lowercase();
         if lower.windows(31).any(|w| w == b"docker-distribution-api-version") {
             return None;
         }
-        let (reason, detail) = match status {
-            400 => {
-                ("Bad Request", "the request could not be parsed (malformed request line, headers or Content-Length)")
-            }
-            414 => ("URI Too Long", "the request URI is longer than 65534 bytes"),
-            431 => ("Request Header Fields Too Large", "the request has too many headers or headers too large"),
-            _ => return None,
-        };
         Some(error_response(status, reason, "UNSUPPORTED", "malformed HTTP request", detail))
     }
 }
@@ -177,14 +181,16 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                // While a request is in flight its body has its own watch (and a
+                // response may take long to compute). Both HTTP/1 and HTTP/2 read
+                // again once it is done, and the watch starts then.
+                if this.state.busy() {
+                    return Poll::Pending;
+                }
                 loop {
                     let now = Instant::now();
-                    // While a request is in flight its body has its own watch
-                    // (and a response may take long to compute): only look again later.
-                    let busy = this.state.busy();
-                    let deadline =
-                        if busy { now + this.limits.idle } else { this.state.deadline(&this.limits, this.read_any) };
-                    if !busy && now >= deadline {
+                    let deadline = this.state.deadline(&this.limits, this.read_any);
+                    if now >= deadline {
                         let what = if !this.read_any {
                             "no data arrived"
                         } else if !this.state.requested.load(Ordering::Relaxed) {

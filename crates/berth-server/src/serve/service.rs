@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::response::Response;
 use axum::Router;
 use bytes::Bytes;
 use http_body::Frame;
@@ -33,9 +32,9 @@ impl ConnService {
 }
 
 impl Service<http::Request<hyper::body::Incoming>> for ConnService {
-    type Response = Response;
+    type Response = http::Response<Tracked>;
     type Error = std::convert::Infallible;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -55,7 +54,7 @@ impl Service<http::Request<hyper::body::Incoming>> for ConnService {
                 Err(never) => match never {},
             };
             let (parts, body) = resp.into_parts();
-            Ok(Response::from_parts(parts, Body::new(Tracked { inner: body, _guard: guard })))
+            Ok(http::Response::from_parts(parts, Tracked { inner: body, _guard: guard }))
         })
     }
 }
@@ -70,7 +69,7 @@ impl Drop for InFlight {
 }
 
 /// A response body that holds its request's [`InFlight`] until it is done.
-struct Tracked {
+pub(crate) struct Tracked {
     inner: Body,
     _guard: InFlight,
 }

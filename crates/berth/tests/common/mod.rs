@@ -224,6 +224,11 @@ impl Drop for Reference {
     }
 }
 
+/// The HTTP status curl gets for `args` (a method, headers, a URL).
+pub fn curl_status(args: &[&str]) -> String {
+    run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).args(args))
+}
+
 pub fn wait_http_ok(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
