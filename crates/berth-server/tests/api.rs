@@ -355,6 +355,17 @@ async fn manifest_validation_errors() {
     app.push_manifest("v", "idx", media::OCI_INDEX, &index).await.expect_error(400, "MANIFEST_BLOB_UNKNOWN");
 
     app.push_manifest("v", "t", media::OCI_MANIFEST, b"{not json").await.expect_error(400, "MANIFEST_INVALID");
+    // 100,000 levels in a field Berth does not read: refused, and the server is fine.
+    let good = image_manifest(&config, 2, &[], None, None);
+    let deep = format!(
+        "{},\"x-unread\":{}0{}}}",
+        std::str::from_utf8(&good[..good.len() - 1]).unwrap(),
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let r = app.push_manifest("v", "deep", media::OCI_MANIFEST, deep.as_bytes()).await;
+    r.expect_error(400, "MANIFEST_INVALID");
+    assert!(r.json()["errors"][0]["detail"].as_str().unwrap().contains("nested deeper"));
     app.push_manifest("v", "t", media::OCI_MANIFEST, b"").await.expect_error(400, "MANIFEST_INVALID");
     let good = image_manifest(&config, 2, &[], None, None);
     app.push_manifest("v", "t", media::DOCKER_MANIFEST, &good).await.expect_error(400, "MANIFEST_INVALID");

@@ -234,6 +234,11 @@ fn logs_cannot_be_forged_and_carry_distribution_fields() {
         ]);
         assert_eq!(status, "401", "a forged user name is a failed login");
         let lines = lines_until(&rx, |l| l.contains("response completed"));
+        // A user who logs in is named on its request's line.
+        assert_eq!(curl_status(&["-u", "alice:pw", &format!("http://{addr}/v2/")]), "200");
+        let ok = lines_until(&rx, |l| l.contains("response completed"));
+        let line = ok.iter().find(|l| l.contains("response completed")).expect("access line of the login");
+        assert!(line.contains("alice") && line.contains("auth.user.name"), "{line}");
         stop(child);
         assert!(lines.iter().all(|l| !l.starts_with("INFO forged")), "{formatter}: a forged line: {lines:#?}");
         assert!(lines.iter().all(|l| !l.contains('\x1b')), "{formatter}: colour off a terminal");
