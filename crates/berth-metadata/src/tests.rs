@@ -30,7 +30,7 @@ macro_rules! on_both {
     };
 }
 
-mod lifecycle;
+mod housekeeping;
 mod race;
 
 on_both!(
@@ -88,7 +88,7 @@ async fn postgres_reopening_keeps_data_and_does_not_remigrate() {
     assert_eq!(other.repository_blob_size("a/b", D1).await.unwrap(), Some(5));
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(&other.read).await.unwrap();
-    assert_eq!(versions, POSTGRES_MIGRATIONS.len() as i64);
+    assert_eq!(versions, crate::db::POSTGRES_MIGRATIONS.len() as i64);
     other.close().await;
 }
 

@@ -1,5 +1,5 @@
-//! The lifecycle queries (collection, retention, quotas, repository
-//! deletion) on both databases.
+//! The queries of collection, untagged manifests, retention, quotas and
+//! repository deletion, on both databases.
 
 use super::*;
 

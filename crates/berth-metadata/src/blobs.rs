@@ -1,0 +1,174 @@
+//! Blobs and their links into repositories: claims, commits, use times.
+
+use sqlx::{Any, Transaction};
+
+use crate::*;
+
+/// The outcome of [`Metadata::claim_blob`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobClaim {
+    Present,
+    Write,
+}
+
+/// How long a blob may stay `committing` before garbage collection may take it.
+pub(crate) const COMMIT_LEASE_MS: i64 = 15 * 60 * 1000;
+
+impl Metadata {
+    /// Size of a blob readable in `repo`: linked as a layer, or a manifest of it.
+    pub async fn repository_blob_size(&self, repo: &str, digest: &str) -> Result<Option<i64>> {
+        if let Some(hit) = self.cache.blob(repo, digest) {
+            return Ok(hit);
+        }
+        let token = self.cache.token(repo);
+        let size = sqlx::query_scalar(
+            "SELECT b.size FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+               JOIN blobs b ON b.digest = rb.digest WHERE r.name = $1 AND rb.digest = $2 \
+             UNION ALL SELECT m.size FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+               WHERE r.name = $1 AND m.digest = $2 LIMIT 1",
+        )
+        .bind(repo)
+        .bind(digest)
+        .fetch_optional(&self.read)
+        .await?;
+        self.cache.put_blob(repo, token, digest, size);
+        Ok(size)
+    }
+
+    /// Up to `limit` repositories that hold a blob as a layer, in name order.
+    pub async fn repositories_with_blob(&self, digest: &str, limit: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+             WHERE rb.digest = $1 ORDER BY r.name LIMIT $2",
+        )
+        .bind(digest)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Size of a blob known anywhere in the store.
+    pub async fn blob_size(&self, digest: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.read)
+            .await?)
+    }
+
+    /// Starts committing a blob. `Present` means the content is already in
+    /// storage (and stays: its use time was just moved); `Write` means the
+    /// caller must put the content in place, then call [`Metadata::finish_blob`].
+    ///
+    /// One statement, so claims race safely between instances: a present blob
+    /// keeps its state and has its use time moved; a new one is inserted, and
+    /// one still committing gets a new lease, both as `committing`. A claim
+    /// that meets a collection deleting the row waits for it, then inserts.
+    pub async fn claim_blob(&self, digest: &str, size: i64) -> Result<BlobClaim> {
+        let now = now_millis();
+        let state: i64 = sqlx::query_scalar(
+            "INSERT INTO blobs (digest, size, created_at, state, lease_until, last_used) VALUES ($1, $2, $3, 1, $4, $3) \
+             ON CONFLICT (digest) DO UPDATE SET last_used = excluded.last_used, \
+               lease_until = CASE WHEN blobs.state = 0 THEN blobs.lease_until ELSE excluded.lease_until END \
+             RETURNING state",
+        )
+        .bind(digest)
+        .bind(size)
+        .bind(now)
+        .bind(now + COMMIT_LEASE_MS)
+        .fetch_one(&self.write)
+        .await?;
+        Ok(if state == 0 { BlobClaim::Present } else { BlobClaim::Write })
+    }
+
+    /// Marks a claimed blob's content as in place and links it into `repo`.
+    /// Fails if collection took the row meanwhile (the commit outlived its
+    /// lease), as the content may have gone with it.
+    pub async fn finish_blob(&self, repo: &str, digest: &str) -> Result<()> {
+        let mut tx = self.begin(&self.write).await?;
+        let now = now_millis();
+        let found = sqlx::query("UPDATE blobs SET state = 0, lease_until = 0, last_used = $2 WHERE digest = $1")
+            .bind(digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if found == 0 {
+            return Err(MetadataError::Corrupt(format!(
+                "blob {digest} was collected before its commit finished (lease ran out)"
+            )));
+        }
+        let repo_id = Self::ensure_repository(self.backend, &mut tx, repo).await?;
+        Self::insert_link(&mut tx, repo_id, digest, now).await?;
+        tx.commit().await?;
+        self.cache.invalidate(repo);
+        Ok(())
+    }
+
+    /// Links a blob whose content is present into `repo`, moving its use
+    /// time. False when the blob is not (or no longer) present.
+    pub async fn link_existing(&self, repo: &str, digest: &str) -> Result<bool> {
+        let mut tx = self.begin(&self.write).await?;
+        let now = now_millis();
+        let present = sqlx::query("UPDATE blobs SET last_used = $2 WHERE digest = $1 AND state = 0")
+            .bind(digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if present {
+            let repo_id = Self::ensure_repository(self.backend, &mut tx, repo).await?;
+            Self::insert_link(&mut tx, repo_id, digest, now).await?;
+        }
+        tx.commit().await?;
+        if present {
+            self.cache.invalidate(repo);
+        }
+        Ok(present)
+    }
+
+    /// Claims, finishes and links in one go: for tests and callers that
+    /// already put the content in place.
+    pub async fn link_blob(&self, repo: &str, digest: &str, size: i64) -> Result<()> {
+        self.claim_blob(digest, size).await?;
+        self.finish_blob(repo, digest).await
+    }
+
+    /// Moves a blob's use time, so garbage collection leaves it alone for
+    /// another grace period.
+    pub async fn touch_blob(&self, digest: &str) -> Result<()> {
+        sqlx::query("UPDATE blobs SET last_used = $2 WHERE digest = $1 AND state = 0")
+            .bind(digest)
+            .bind(now_millis())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn insert_link(tx: &mut Transaction<'_, Any>, repo_id: i64, digest: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (repository_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(digest)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a blob's link from `repo`. Returns whether it was linked.
+    pub async fn unlink_blob(&self, repo: &str, digest: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "DELETE FROM repository_blobs WHERE digest = $2 \
+             AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
+        )
+        .bind(repo)
+        .bind(digest)
+        .execute(&self.write)
+        .await?;
+        self.cache.invalidate(repo);
+        Ok(r.rows_affected() > 0)
+    }
+}
