@@ -19,9 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::{Any, AnyPool, Transaction};
 
 mod blobs;
-mod db;
-use db::is_foreign_key_violation;
 mod cache;
+mod db;
 mod gc;
 mod graph;
 mod import;
@@ -35,6 +34,7 @@ mod uploads;
 
 pub use blobs::BlobClaim;
 use cache::{Cache, Kind};
+use db::is_foreign_key_violation;
 pub use gc::GcVictim;
 pub use graph::{ManifestNode, RepositoryGraph, TagInfo};
 pub use import::ImportedRepository;
