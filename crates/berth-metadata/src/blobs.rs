@@ -2,7 +2,7 @@
 
 use sqlx::{Any, Transaction};
 
-use crate::*;
+use crate::{now_millis, Metadata, MetadataError, Result};
 
 /// The outcome of [`Metadata::claim_blob`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,14 +1,15 @@
 //! Opening the database (pools, pragmas, migrations under an advisory lock on
 //! PostgreSQL), write transactions, and the cross-instance repository lock.
 
-use crate::cache::Cache;
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::*;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
+
+use crate::cache::Cache;
+use crate::{now_millis, Backend, Metadata, MetadataError, RepositoryLock, Result};
 
 pub(crate) type SetupFuture<'c> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'c>>;

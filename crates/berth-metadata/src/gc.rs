@@ -1,10 +1,12 @@
 //! Queries of garbage collection: what nothing references and nobody used lately, taken in
 //! batches; what a dry run would free; what a crash cut short.
 
-use crate::{locking, now_millis, Backend, Metadata, Result};
-use sqlx::Row;
 use std::collections::HashSet;
 use std::future::Future;
+
+use sqlx::Row;
+
+use crate::{locking, now_millis, Backend, Metadata, Result};
 
 /// A blob garbage collection takes: nothing references it, and it has been
 /// idle past the grace period (or its commit lease ran out).

@@ -1,8 +1,9 @@
 //! A repository's manifests, index edges and tags, for deciding what stays (untagged
 //! manifests, retention), and the deletion of untagged manifests.
 
-use crate::{locking, Backend, Metadata, Result};
 use sqlx::Row;
+
+use crate::{locking, Backend, Metadata, Result};
 
 /// One manifest of a repository, for deciding what is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use sqlx::{Any, Transaction};
 
-use crate::*;
+use crate::{now_millis, Backend, Metadata, NewManifest, Result};
 
 /// Everything found for one repository of an existing store.
 #[derive(Debug, Clone, Default)]

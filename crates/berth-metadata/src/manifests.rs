@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use crate::*;
+use crate::{locking, now_millis, Backend, Kind, Metadata, MetadataError, Result, RACE_RETRIES};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestRow {

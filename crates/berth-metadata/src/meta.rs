@@ -1,6 +1,6 @@
 //! Settings kept in the database (`berth_meta`): values every instance shares.
 
-use crate::*;
+use crate::{Metadata, MetadataError, Result};
 
 impl Metadata {
     pub async fn get_meta(&self, key: &str) -> Result<Option<String>> {

@@ -1,10 +1,11 @@
 //! Repositories: created on first write, listed once they hold a manifest.
 
-use sqlx::{Any, Transaction};
 use std::sync::Arc;
 
+use sqlx::{Any, Transaction};
+
 use crate::tags::page_after;
-use crate::*;
+use crate::{locking, now_millis, Backend, Metadata, MetadataError, Result, MAX_CACHED_LIST, RACE_RETRIES};
 
 impl Metadata {
     /// The repository's id, creating it if needed. On PostgreSQL the row is

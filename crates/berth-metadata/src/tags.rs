@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::*;
+use crate::{is_foreign_key_violation, now_millis, Metadata, Result, MAX_CACHED_LIST};
 
 /// The entries of a sorted list after `last`, at most `limit` of them.
 pub(crate) fn page_after(all: &[String], last: Option<&str>, limit: i64) -> Vec<String> {

@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::*;
+use crate::{now_millis, Metadata, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadRow {

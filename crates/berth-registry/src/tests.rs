@@ -1,6 +1,8 @@
 use std::sync::Arc;
 
 use berth_storage::fs::FsDriver;
+use berth_storage::layout;
+use berth_types::{Reference, Tag};
 use futures_util::stream;
 
 use super::*;
@@ -340,7 +342,10 @@ async fn stale_uploads_are_purged() {
 
 // ---- lifecycle: collection, retention, quotas, repository deletion ----
 
-use crate::lifecycle::{GcOptions, NoProgress, Quota, RetentionPolicy};
+use crate::gc::GcOptions;
+use crate::progress::NoProgress;
+use crate::quota::Quota;
+use crate::retention::RetentionPolicy;
 
 fn gc(grace_ms: u64, delete_untagged: bool) -> GcOptions {
     GcOptions {

@@ -17,7 +17,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_auth::{Action, Actions, Need};
-use berth_registry::lifecycle::{GcOptions, NoProgress};
+use berth_registry::gc::GcOptions;
+use berth_registry::progress::NoProgress;
 use berth_types::RepoName;
 
 use crate::endpoint::percent_decode;

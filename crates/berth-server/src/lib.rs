@@ -55,7 +55,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct LifecycleConfig {
     pub gc_grace: std::time::Duration,
-    pub retention: Vec<berth_registry::lifecycle::RetentionPolicy>,
+    pub retention: Vec<berth_registry::retention::RetentionPolicy>,
 }
 
 impl Default for LifecycleConfig {

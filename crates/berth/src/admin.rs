@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use berth_registry::lifecycle::{GcOptions, GcReport, Progress, QuotaUsage, RetentionReport};
+use berth_registry::gc::{GcOptions, GcReport};
+use berth_registry::progress::Progress;
+use berth_registry::quota::QuotaUsage;
+use berth_registry::retention::RetentionReport;
 use berth_types::RepoName;
 
 use crate::app::{self, Mode};

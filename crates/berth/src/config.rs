@@ -832,7 +832,7 @@ impl Config {
         Ok(())
     }
 
-    pub fn retention_policies(&self) -> Result<Vec<berth_registry::lifecycle::RetentionPolicy>> {
+    pub fn retention_policies(&self) -> Result<Vec<berth_registry::retention::RetentionPolicy>> {
         self.retention
             .policies
             .iter()
@@ -849,7 +849,7 @@ impl Config {
                 if repositories.is_empty() {
                     bail!("retention.policies[{i}].repositories: list at least one pattern");
                 }
-                Ok(berth_registry::lifecycle::RetentionPolicy {
+                Ok(berth_registry::retention::RetentionPolicy {
                     repositories,
                     keep_last: p.keeplast,
                     keep_tags: p.keeptags.clone(),
@@ -860,7 +860,7 @@ impl Config {
             .collect()
     }
 
-    pub fn quota_limits(&self) -> Result<Vec<berth_registry::lifecycle::Quota>> {
+    pub fn quota_limits(&self) -> Result<Vec<berth_registry::quota::Quota>> {
         self.quotas
             .iter()
             .enumerate()
@@ -876,7 +876,7 @@ impl Config {
                 };
                 let ns = q.namespace.trim_matches('/');
                 berth_types::RepoName::parse(ns).map_err(|e| anyhow!("quotas[{i}].namespace: {e}"))?;
-                Ok(berth_registry::lifecycle::Quota { namespace: ns.to_owned(), limit })
+                Ok(berth_registry::quota::Quota { namespace: ns.to_owned(), limit })
             })
             .collect()
     }

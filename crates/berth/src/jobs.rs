@@ -7,7 +7,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Result;
-use berth_registry::lifecycle::{GcOptions, NoProgress};
+use berth_registry::gc::GcOptions;
+use berth_registry::progress::NoProgress;
 use berth_registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
