@@ -19,9 +19,9 @@ pub mod admin;
 mod authz;
 pub mod endpoint;
 pub mod error;
-mod handlers;
 mod serve;
 mod token;
+mod v2;
 
 pub use serve::{serve, BodyStalled, ConnectionLimits, Peer, PeerAddr};
 
@@ -105,11 +105,11 @@ pub fn router_with(registry: Registry, config: ServerConfig, extra: Router) -> R
         router = router.route(&path, axum::routing::get(token::token).post(token::token));
     }
     router
-        .route("/", axum::routing::get(handlers::root))
+        .route("/", axum::routing::get(v2::root))
         .route("/_berth/{*rest}", axum::routing::any(admin::dispatch))
-        .route("/v2", axum::routing::any(handlers::dispatch))
-        .route("/v2/", axum::routing::any(handlers::dispatch))
-        .route("/v2/{*rest}", axum::routing::any(handlers::dispatch))
+        .route("/v2", axum::routing::any(v2::dispatch))
+        .route("/v2/", axum::routing::any(v2::dispatch))
+        .route("/v2/{*rest}", axum::routing::any(v2::dispatch))
         .fallback(|| async { error::ApiError::not_found().into_response() })
         .with_state(state.clone())
         .merge(extra)

@@ -1,0 +1,100 @@
+//! The catalog (filtered by pull rights), tag lists and referrers.
+
+use axum::http::header::HeaderName;
+use axum::http::{header, StatusCode};
+use berth_types::{media, Digest, RepoName};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::v2::{json_response, set, ApiResult, Ctx};
+
+/// Catalog page size when the client names none (distribution's default).
+pub(crate) const DEFAULT_CATALOG_PAGE: u64 = 100;
+
+pub(crate) const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+impl Ctx<'_> {
+    /// Parses `n`: absent, or a non-negative integer.
+    pub(crate) fn page_size(&self) -> Result<Option<u64>, ApiError> {
+        match self.query.get("n") {
+            None => Ok(None),
+            Some(v) => v.parse::<u64>().map(Some).map_err(|_| ApiError::pagination(format!("n={v:?}"))),
+        }
+    }
+
+    pub(crate) fn last(&self) -> Option<&str> {
+        self.query.get("last").map(String::as_str).filter(|l| !l.is_empty())
+    }
+
+    pub(crate) fn link_next(path: &str, n: u64, last: &str) -> String {
+        let q = form_urlencoded::Serializer::new(String::new())
+            .append_pair("n", &n.to_string())
+            .append_pair("last", last)
+            .finish();
+        format!("<{path}?{q}>; rel=\"next\"")
+    }
+
+    pub(crate) async fn catalog(&self) -> ApiResult {
+        let max = self.state.config.catalog_max_entries;
+        let n = self.page_size()?.unwrap_or(DEFAULT_CATALOG_PAGE.min(max));
+        if n > max {
+            return Err(ApiError::pagination(format!("n={n} is larger than the maximum of {max}")));
+        }
+        let page = self.visible_catalog(n).await?;
+        let body = serde_json::to_vec(&json!({ "repositories": page.items })).unwrap_or_default();
+        let mut r = json_response(StatusCode::OK, body.into(), None);
+        if let (true, Some(last)) = (page.more, page.items.last()) {
+            set(r.headers_mut(), header::LINK, &Self::link_next("/v2/_catalog", n, last));
+        }
+        Ok(r)
+    }
+
+    /// A catalog page of repositories the caller may pull from.
+    pub(crate) async fn visible_catalog(&self, n: u64) -> Result<berth_registry::Page, ApiError> {
+        let Some(grant) = &self.grant else { return Ok(self.registry().catalog(n, self.last()).await?) };
+        let mut items = Vec::new();
+        let mut last = self.last().map(str::to_owned);
+        // Bounded: each round reads a page of the catalog, and stops at its end.
+        loop {
+            let page = self.registry().catalog(n.max(100), last.as_deref()).await?;
+            for name in &page.items {
+                if let Ok(repo) = RepoName::parse(name) {
+                    if grant.may_pull(&repo).await {
+                        items.push(name.clone());
+                        if items.len() as u64 > n {
+                            items.truncate(n as usize);
+                            return Ok(berth_registry::Page { items, more: true });
+                        }
+                    }
+                }
+            }
+            if !page.more {
+                return Ok(berth_registry::Page { items, more: false });
+            }
+            last = page.items.last().cloned();
+        }
+    }
+
+    pub(crate) async fn tags(&self, name: &RepoName) -> ApiResult {
+        let n = self.page_size()?;
+        let page = self.registry().list_tags(name, n, self.last()).await?;
+        let body = serde_json::to_vec(&json!({ "name": name.as_str(), "tags": page.items })).unwrap_or_default();
+        let mut r = json_response(StatusCode::OK, body.into(), None);
+        if let (true, Some(n), Some(last)) = (page.more, n, page.items.last()) {
+            set(r.headers_mut(), header::LINK, &Self::link_next(&format!("/v2/{name}/tags/list"), n, last));
+        }
+        Ok(r)
+    }
+
+    pub(crate) async fn referrers(&self, name: &RepoName, digest: &Digest) -> ApiResult {
+        let filter = self.query.get("artifactType").map(String::as_str).filter(|t| !t.is_empty());
+        let manifests = self.registry().referrers(name, digest, filter).await?;
+        let index = json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
+        let body = serde_json::to_vec(&index).unwrap_or_default();
+        let mut r = json_response(StatusCode::OK, body.into(), Some(media::OCI_INDEX));
+        if filter.is_some() {
+            set(r.headers_mut(), OCI_FILTERS_APPLIED, "artifactType");
+        }
+        Ok(r)
+    }
+}

@@ -1,0 +1,225 @@
+//! The `/v2/` API: the path parsed into an [`Endpoint`], what it needs
+//! authorized, then one handler per endpoint and method: extract from the
+//! request, call the registry, map the result.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use berth_auth::{Action, Actions, Grant, Need};
+use berth_registry::RegistryError;
+use berth_types::{Digest, RepoName};
+use bytes::Bytes;
+
+use uuid::Uuid;
+
+use crate::endpoint::{percent_decode, Endpoint, PathError};
+use crate::error::ApiError;
+use crate::AppState;
+
+mod blobs;
+mod headers;
+mod listing;
+mod manifests;
+mod uploads;
+
+use headers::*;
+
+type ApiResult = Result<Response, ApiError>;
+
+const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    // A request refused before (or while) its body was read still has its
+    // body read, so the client, still sending, gets to read the answer.
+    let shared = (!http_body::Body::is_end_stream(&body)).then(|| SharedBody::new(body));
+    let body = match &shared {
+        Some(s) => Body::new(s.clone()),
+        None => Body::empty(),
+    };
+    let raw = parts.uri.path();
+    let rest = raw.strip_prefix("/v2").unwrap_or(raw);
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let Some(rest) = percent_decode(rest) else { return ApiError::not_found().into_response() };
+    let endpoint = match Endpoint::parse(&rest) {
+        Ok(e) => e,
+        // No manifest can be found by a reference that is neither a tag nor a digest.
+        Err(PathError::ReferenceInvalid(e)) if is_get(&parts.method) => {
+            return ApiError::from(RegistryError::ManifestUnknown).with_detail(e.detail()).into_response()
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let m = &parts.method;
+    let allow = endpoint.allowed_methods();
+    let Some(need) = need_for(&endpoint, m) else { return method_not_allowed(m, allow).into_response() };
+    let mut ctx = Ctx { state: &state, headers: &parts.headers, query: query_map(parts.uri.query()), grant: None };
+    if state.config.auth.is_some() {
+        match crate::authz::authorize(&state, &parts.headers, &need).await {
+            Ok(grant) => ctx.grant = Some(grant),
+            Err(e) => return e.into_response(),
+        }
+    }
+    let result = match endpoint {
+        Endpoint::Base if is_get(m) => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"), None)),
+        Endpoint::Catalog if is_get(m) => ctx.catalog().await,
+        Endpoint::Tags { name } if is_get(m) => ctx.tags(&name).await,
+        Endpoint::Manifest { name, reference } => match *m {
+            Method::GET => ctx.get_manifest(&name, &reference, true).await,
+            Method::HEAD => ctx.get_manifest(&name, &reference, false).await,
+            Method::PUT => ctx.put_manifest(&name, &reference, body).await,
+            Method::DELETE => ctx.delete_manifest(&name, &reference).await,
+            _ => Err(method_not_allowed(m, allow)),
+        },
+        Endpoint::Blob { name, digest } => match *m {
+            Method::GET => ctx.get_blob(&name, &digest, true).await,
+            Method::HEAD => ctx.get_blob(&name, &digest, false).await,
+            Method::DELETE => ctx.delete_blob(&name, &digest).await,
+            _ => Err(method_not_allowed(m, allow)),
+        },
+        Endpoint::Uploads { name } if *m == Method::POST => ctx.start_upload(&name, body).await,
+        Endpoint::Upload { name, id } => match *m {
+            Method::GET | Method::HEAD => ctx.upload_status(&name, &id).await,
+            Method::PATCH => ctx.patch_upload(&name, &id, body).await,
+            Method::PUT => ctx.put_upload(&name, &id, body).await,
+            Method::DELETE => ctx.cancel_upload(&name, &id).await,
+            _ => Err(method_not_allowed(m, allow)),
+        },
+        Endpoint::Referrers { name, digest } if is_get(m) => ctx.referrers(&name, &digest).await,
+        _ => Err(method_not_allowed(m, allow)),
+    };
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(s) = shared {
+                s.drain(REFUSED_BODY_DRAIN).await;
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// How much of a refused request's body is read and dropped: enough for
+/// any layer a client would send, bounded (the connection's body watch also
+/// cuts a stalled one).
+const REFUSED_BODY_DRAIN: u64 = 1 << 30;
+
+/// A request body the dispatcher and a handler share: the handler reads it,
+/// and after a refusal the dispatcher reads what is left.
+#[derive(Clone)]
+struct SharedBody(std::sync::Arc<std::sync::Mutex<Body>>);
+
+impl SharedBody {
+    fn new(body: Body) -> Self {
+        SharedBody(std::sync::Arc::new(std::sync::Mutex::new(body)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Body> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads and drops up to `limit` bytes of what is left.
+    async fn drain(&self, limit: u64) {
+        let mut seen = 0u64;
+        while seen <= limit {
+            let frame =
+                std::future::poll_fn(|cx| http_body::Body::poll_frame(std::pin::Pin::new(&mut *self.lock()), cx)).await;
+            match frame {
+                Some(Ok(f)) => seen += f.data_ref().map(|d| d.len() as u64).unwrap_or(0),
+                _ => return,
+            }
+        }
+    }
+}
+
+impl http_body::Body for SharedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        http_body::Body::poll_frame(std::pin::Pin::new(&mut *self.lock()), cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&*self.lock())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&*self.lock())
+    }
+}
+
+/// What a request needs to be allowed; None when the method does not apply.
+fn need_for(endpoint: &Endpoint, m: &Method) -> Option<Need> {
+    let get = is_get(m);
+    let repo =
+        |name: &RepoName, actions: &[Action]| Need::Repository { name: name.clone(), actions: Actions::of(actions) };
+    Some(match endpoint {
+        Endpoint::Base if get => Need::Login,
+        Endpoint::Catalog if get => Need::Catalog,
+        Endpoint::Tags { name } | Endpoint::Referrers { name, .. } if get => repo(name, &[Action::Pull]),
+        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } if get => repo(name, &[Action::Pull]),
+        Endpoint::Manifest { name, .. } if *m == Method::PUT => repo(name, &[Action::Pull, Action::Push]),
+        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } if *m == Method::DELETE => {
+            repo(name, &[Action::Delete])
+        }
+        Endpoint::Uploads { name } if *m == Method::POST => repo(name, &[Action::Pull, Action::Push]),
+        Endpoint::Upload { name, .. } if get || *m == Method::PATCH || *m == Method::PUT || *m == Method::DELETE => {
+            repo(name, &[Action::Pull, Action::Push])
+        }
+        _ => return None,
+    })
+}
+
+fn is_get(m: &Method) -> bool {
+    *m == Method::GET || *m == Method::HEAD
+}
+
+fn method_not_allowed(m: &Method, allow: &str) -> ApiError {
+    ApiError::unsupported(format!("method {m} is not allowed on this endpoint")).with_header(header::ALLOW, allow)
+}
+
+/// `GET /`: distribution answers 200 here, and load balancers probe it.
+pub(crate) async fn root() -> Response {
+    let mut r = empty(StatusCode::OK);
+    set(r.headers_mut(), header::CACHE_CONTROL, "no-cache");
+    r
+}
+
+struct Ctx<'a> {
+    state: &'a AppState,
+    headers: &'a HeaderMap,
+    query: HashMap<String, String>,
+    /// The caller and its access, when authentication is on.
+    grant: Option<Grant>,
+}
+
+impl Ctx<'_> {
+    fn registry(&self) -> &berth_registry::Registry {
+        &self.state.registry
+    }
+
+    /// The externally visible base URL, for absolute `Location` headers.
+    fn base_url(&self) -> String {
+        crate::authz::base_url(&self.state.config, self.headers)
+    }
+
+    fn blob_url(&self, name: &RepoName, digest: &Digest) -> String {
+        format!("{}/v2/{name}/blobs/{digest}", self.base_url())
+    }
+
+    fn upload_url(&self, name: &RepoName, id: &Uuid) -> String {
+        format!("{}/v2/{name}/blobs/uploads/{id}", self.base_url())
+    }
+
+    // ---- manifests ----
+
+    // ---- blobs ----
+
+    // ---- uploads ----
+}
