@@ -7,6 +7,7 @@
 #                    + containerd + runc), wrk, openssl (make-test-image.sh),
 #                    curl (health checks), postgresql (scripts/postgres.sh,
 #                    the metadata tests on PostgreSQL), python3-venv (only if needed)
+#   Cargo tools:     cargo-machete, cargo-deny (the CI gates of test.sh)
 #   Garage:          scripts/garage.sh install (cargo install garage --locked,
 #                    unless a garage binary is present)
 #   Python venv:     ${BERTH_VENV:-<repo>/target/venv} with the PyPI "oras"
@@ -105,6 +106,20 @@ else
   say "pip install oras==$oras_version into $venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "oras==$oras_version"
 fi
+
+# --- Cargo tools of the CI gates ------------------------------------------------
+# cargo-machete (unused dependencies, about a minute to build) and cargo-deny
+# (licenses, bans, sources; about four minutes), pinned, built once.
+cargo_tool() { # BINARY CRATE VERSION
+  if command -v "$1" >/dev/null 2>&1 && "$1" --version 2>/dev/null | grep -q "$3"; then
+    say "$2 $3 already installed"
+  else
+    say "cargo install $2 $3"
+    cargo install "$2" --version "$3" --locked >&2
+  fi
+}
+cargo_tool cargo-machete cargo-machete 0.9.2
+cargo_tool cargo-deny cargo-deny 0.20.2
 
 # --- Garage (S3-compatible object store) ------------------------------------
 # Built from crates.io once (about 20 minutes on 2 cores); a binary already

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the end-to-end tests need
-# (Debian packages, the oras venv), checks formatting and lints, then runs
+# (Debian packages, the oras venv, cargo tools), checks formatting, lints,
+# unused dependencies, licenses and docs, then runs
 # every test of the workspace (unit, in-process API, and end-to-end tests
 # with the real binary, real clients and the reference registry; the
 # metadata tests also on PostgreSQL, started by scripts/postgres.sh).
@@ -14,6 +15,12 @@ echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== unused dependencies (cargo machete)"
+cargo machete
+echo "== licenses, bans, sources (cargo deny; deny.toml)"
+cargo deny --locked check licenses bans sources
+echo "== docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked --quiet
 echo "== tests"
 # A throwaway PostgreSQL for the metadata tests (each makes its own database),
 # unless one is given; stopped at the end if this run started it.

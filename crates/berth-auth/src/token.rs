@@ -13,7 +13,7 @@ use berth_types::RepoName;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
-use x509_cert::der::{Decode, Encode};
+use x509_cert::der::Encode;
 
 use crate::{Action, Actions, AuthError, TokenConfig};
 
@@ -317,11 +317,6 @@ impl Verifier {
         }
         Err(why)
     }
-}
-
-/// Parses a DER SubjectPublicKeyInfo (for tests and the issuer's key ID).
-pub fn spki_from_der(der: &[u8]) -> Option<x509_cert::spki::SubjectPublicKeyInfoOwned> {
-    x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(der).ok()
 }
 
 #[cfg(test)]

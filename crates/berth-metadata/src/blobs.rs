@@ -48,6 +48,7 @@ impl Metadata {
     }
 
     /// Size of a blob known anywhere in the store.
+    #[cfg(test)]
     pub async fn blob_size(&self, digest: &str) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
             .bind(digest)
@@ -129,6 +130,7 @@ impl Metadata {
 
     /// Claims, finishes and links in one go: for tests and callers that
     /// already put the content in place.
+    #[cfg(test)]
     pub async fn link_blob(&self, repo: &str, digest: &str, size: i64) -> Result<()> {
         self.claim_blob(digest, size).await?;
         self.finish_blob(repo, digest).await

@@ -186,6 +186,7 @@ pub(crate) async fn migrate(conn: &mut sqlx::AnyConnection, migrations: &[(i64, 
 
 /// Whether an error is a foreign key violation: on PostgreSQL, the row a
 /// write referred to was deleted by another transaction meanwhile.
+#[cfg(test)]
 pub(crate) fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::ForeignKeyViolation)
 }

@@ -34,6 +34,7 @@ mod uploads;
 
 pub use blobs::BlobClaim;
 use cache::{Cache, Kind};
+#[cfg(test)]
 use db::is_foreign_key_violation;
 pub use gc::GcVictim;
 pub use graph::{ManifestNode, RepositoryGraph, TagInfo};

@@ -3,6 +3,7 @@
 use crate::{Metadata, MetadataError, Result};
 
 impl Metadata {
+    #[cfg(test)]
     pub async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         Ok(sqlx::query_scalar("SELECT value FROM berth_meta WHERE key = $1")
             .bind(key)
@@ -10,6 +11,7 @@ impl Metadata {
             .await?)
     }
 
+    #[cfg(test)]
     pub async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO berth_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -57,6 +57,7 @@ impl Metadata {
             .await?)
     }
 
+    #[cfg(test)]
     pub async fn count_repositories(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM repositories").fetch_one(&self.read).await?)
     }

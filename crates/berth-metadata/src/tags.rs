@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::{is_foreign_key_violation, now_millis, Metadata, Result, MAX_CACHED_LIST};
+use crate::{Metadata, Result, MAX_CACHED_LIST};
 
 /// The entries of a sorted list after `last`, at most `limit` of them.
 pub(crate) fn page_after(all: &[String], last: Option<&str>, limit: i64) -> Vec<String> {
@@ -15,7 +15,9 @@ pub(crate) fn page_after(all: &[String], last: Option<&str>, limit: i64) -> Vec<
 
 impl Metadata {
     /// Points a tag at a manifest already recorded in the repository.
+    #[cfg(test)]
     pub async fn set_tag(&self, repo: &str, tag: &str, digest: &str) -> Result<bool> {
+        use crate::{is_foreign_key_violation, now_millis};
         let r = sqlx::query(
             "INSERT INTO tags (repository_id, name, digest, updated_at) \
              SELECT r.id, $2, $3, $4 FROM repositories r JOIN manifests m ON m.repository_id = r.id AND m.digest = $3 \

@@ -115,16 +115,25 @@ impl Registry {
         }
     }
 
-    pub fn storage(&self) -> &Arc<dyn StorageDriver> {
+    #[cfg(test)]
+    pub(crate) fn storage(&self) -> &Arc<dyn StorageDriver> {
         &self.inner.storage
     }
 
-    pub fn metadata(&self) -> &Metadata {
+    #[cfg(test)]
+    pub(crate) fn metadata(&self) -> &Metadata {
         &self.inner.meta
     }
 
-    pub fn config(&self) -> &RegistryConfig {
-        &self.inner.config
+    /// A setting every instance on the database shares: the one stored, or
+    /// `value` if none was (of instances racing, all get the first stored).
+    pub async fn shared_setting(&self, key: &str, value: &str) -> Result<String> {
+        Ok(self.inner.meta.meta_or_insert(key, value).await?)
+    }
+
+    /// Closes the database pools; call once, after the last request.
+    pub async fn close(&self) {
+        self.inner.meta.close().await;
     }
 
     fn check_writable(&self) -> Result<()> {

@@ -7,7 +7,7 @@
 //! - `DELETE /_berth/repositories/<name>`: delete a repository
 //!
 //! Collection, retention and quotas need an administrator (see
-//! [`crate::authz::admin`]); deleting a repository needs the delete right on it.
+//! `authz::admin`); deleting a repository needs the delete right on it.
 
 use std::collections::HashMap;
 use std::time::Duration;

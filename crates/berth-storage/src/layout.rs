@@ -71,11 +71,6 @@ pub fn root() -> StoragePath {
     StoragePath::new(ROOT.to_owned())
 }
 
-/// Directory holding the `<hex[0..2]>` fan-out directories of SHA-256 blobs.
-pub fn blobs_root() -> StoragePath {
-    StoragePath::new(format!("{ROOT}/blobs/sha256"))
-}
-
 pub fn blob_dir(d: &Digest) -> StoragePath {
     let hex = d.hex();
     StoragePath::new(format!("{ROOT}/blobs/{}/{}/{}", d.algorithm(), &hex[..2], hex))
@@ -150,11 +145,6 @@ pub fn upload_dir(name: &RepoName, id: &Uuid) -> StoragePath {
 
 pub fn upload_data(name: &RepoName, id: &Uuid) -> StoragePath {
     StoragePath::new(format!("{}/data", upload_dir(name, id).0))
-}
-
-/// Distribution's upload purger reads this to find abandoned uploads.
-pub fn upload_started_at(name: &RepoName, id: &Uuid) -> StoragePath {
-    StoragePath::new(format!("{}/startedat", upload_dir(name, id).0))
 }
 
 /// Berth's own record of a garbage collection batch whose content deletion

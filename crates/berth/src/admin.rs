@@ -149,7 +149,7 @@ async fn local(cfg: &Config, cmd: Command) -> Result<()> {
             Ok(())
         }
     };
-    reg.metadata().close().await;
+    reg.close().await;
     out
 }
 

@@ -216,20 +216,20 @@ pub(crate) fn lock_store(cfg: &Config) -> Result<Option<Result<std::fs::File, ()
 
 pub(crate) async fn build(cfg: &Config, mode: Mode) -> Result<Built> {
     let env = |k: &str| std::env::var(k).ok();
-    let (storage, scratch): (Arc<dyn StorageDriver>, _) = if let Some(mut s3) = cfg.object_store(&env)? {
+    let storage: Arc<dyn StorageDriver> = if let Some(mut s3) = cfg.object_store(&env)? {
         s3.ca_bundle = crate::config::ca_bundle(&env)?;
         let (bucket, endpoint) = (s3.bucket.clone(), s3.endpoint.clone());
         let d = S3Driver::new(s3).context("configuring the S3 driver")?;
         d.check().await.with_context(|| format!("reaching bucket {bucket} at {endpoint}"))?;
-        (Arc::new(d), None)
+        Arc::new(d)
     } else if cfg.storage.inmemory.is_some() {
-        (Arc::new(MemoryDriver::new()), None)
+        Arc::new(MemoryDriver::new())
     } else {
         let root = fs_root(cfg);
         let reserve = cfg.storage.filesystem.as_ref().map(|f| f.reserve_bytes()).transpose()?.flatten();
         let fs =
             FsDriver::with_reserve(&root, reserve).with_context(|| format!("opening storage at {}", root.display()))?;
-        (Arc::new(fs), None::<tempfile::TempDir>)
+        Arc::new(fs)
     };
     let (meta, created, scratch) = if let Some(dsn) = cfg.database.postgres_dsn() {
         // Named without its password.
@@ -237,10 +237,11 @@ pub(crate) async fn build(cfg: &Config, mode: Mode) -> Result<Built> {
         let (meta, created) = Metadata::open_postgres(dsn, cfg.database.max_connections())
             .await
             .with_context(|| format!("opening metadata database {shown}"))?;
-        (meta, created, scratch)
+        (meta, created, None)
     } else {
+        // The in-memory store has a database for the process only.
         let (db, scratch) = match db_path(cfg) {
-            Some(p) => (p, scratch),
+            Some(p) => (p, None),
             None => {
                 let t = tempfile::tempdir().context("creating a temporary metadata directory")?;
                 (t.path().join("metadata.sqlite"), Some(t))
@@ -363,7 +364,7 @@ pub fn run(mode: Mode, config_file: Option<PathBuf>) -> Result<()> {
         let built = build(&cfg, mode).await?;
         match listener {
             None => {
-                built.registry.metadata().close().await;
+                built.registry.close().await;
                 Ok(())
             }
             Some(listener) => serve(&cfg, built, listener).await,
@@ -388,7 +389,7 @@ async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
 
     let implicit_key = if cfg.auth.wants_implicit_issuer() {
         let fresh = berth_auth::issuer::generate_key_pem()?;
-        Some(registry.metadata().meta_or_insert(IMPLICIT_KEY, &fresh).await.context("storing the token signing key")?)
+        Some(registry.shared_setting(IMPLICIT_KEY, &fresh).await.context("storing the token signing key")?)
     } else {
         None
     };
@@ -446,7 +447,7 @@ async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
     if let Err(e) = registry.flush_pulls().await {
         tracing::warn!(error = %e, "could not record the last pulls");
     }
-    registry.metadata().close().await;
+    registry.close().await;
     tracing::info!("stopped");
     Ok(())
 }
