@@ -2,7 +2,9 @@
 
 use sqlx::{Any, Transaction};
 
-use crate::{now_millis, Metadata, MetadataError, Result};
+use berth_types::{Digest, RepoName};
+
+use crate::{now_millis, typed, Metadata, MetadataError, Result};
 
 /// The outcome of [`Metadata::claim_blob`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,9 +18,10 @@ pub(crate) const COMMIT_LEASE_MS: i64 = 15 * 60 * 1000;
 
 impl Metadata {
     /// Size of a blob readable in `repo`: linked as a layer, or a manifest of it.
-    pub async fn repository_blob_size(&self, repo: &str, digest: &str) -> Result<Option<i64>> {
+    pub async fn repository_blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
         if let Some(hit) = self.cache.blob(repo, digest) {
-            return Ok(hit);
+            return hit.map(|v| typed::size("blobs", digest, v)).transpose();
         }
         let token = self.cache.token(repo);
         let size = sqlx::query_scalar(
@@ -32,28 +35,32 @@ impl Metadata {
         .fetch_optional(&self.read)
         .await?;
         self.cache.put_blob(repo, token, digest, size);
-        Ok(size)
+        size.map(|v| typed::size("blobs", digest, v)).transpose()
     }
 
     /// Up to `limit` repositories that hold a blob as a layer, in name order.
-    pub async fn repositories_with_blob(&self, digest: &str, limit: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
+    pub async fn repositories_with_blob(&self, digest: &Digest, limit: usize) -> Result<Vec<RepoName>> {
+        let key = digest.as_str();
+        let names = sqlx::query_scalar(
             "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
              WHERE rb.digest = $1 ORDER BY r.name LIMIT $2",
         )
-        .bind(digest)
-        .bind(limit)
+        .bind(key)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.read)
-        .await?)
+        .await?;
+        typed::repos("repository_blobs", key, names)
     }
 
     /// Size of a blob known anywhere in the store.
     #[cfg(test)]
-    pub async fn blob_size(&self, digest: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
+    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let digest = digest.as_str();
+        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
             .bind(digest)
             .fetch_optional(&self.read)
-            .await?)
+            .await?;
+        size.map(|v| typed::size("blobs", digest, v)).transpose()
     }
 
     /// Starts committing a blob. `Present` means the content is already in
@@ -64,7 +71,8 @@ impl Metadata {
     /// keeps its state and has its use time moved; a new one is inserted, and
     /// one still committing gets a new lease, both as `committing`. A claim
     /// that meets a collection deleting the row waits for it, then inserts.
-    pub async fn claim_blob(&self, digest: &str, size: i64) -> Result<BlobClaim> {
+    pub async fn claim_blob(&self, digest: &Digest, size: u64) -> Result<BlobClaim> {
+        let (digest, size) = (digest.as_str(), typed::db_size(size)?);
         let now = now_millis();
         let state: i64 = sqlx::query_scalar(
             "INSERT INTO blobs (digest, size, created_at, state, lease_until, last_used) VALUES ($1, $2, $3, 1, $4, $3) \
@@ -84,7 +92,8 @@ impl Metadata {
     /// Marks a claimed blob's content as in place and links it into `repo`.
     /// Fails if collection took the row meanwhile (the commit outlived its
     /// lease), as the content may have gone with it.
-    pub async fn finish_blob(&self, repo: &str, digest: &str) -> Result<()> {
+    pub async fn finish_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
         let mut tx = self.begin(&self.write).await?;
         let now = now_millis();
         let found = sqlx::query("UPDATE blobs SET state = 0, lease_until = 0, last_used = $2 WHERE digest = $1")
@@ -107,7 +116,8 @@ impl Metadata {
 
     /// Links a blob whose content is present into `repo`, moving its use
     /// time. False when the blob is not (or no longer) present.
-    pub async fn link_existing(&self, repo: &str, digest: &str) -> Result<bool> {
+    pub async fn link_existing(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
         let mut tx = self.begin(&self.write).await?;
         let now = now_millis();
         let present = sqlx::query("UPDATE blobs SET last_used = $2 WHERE digest = $1 AND state = 0")
@@ -131,14 +141,15 @@ impl Metadata {
     /// Claims, finishes and links in one go: for tests and callers that
     /// already put the content in place.
     #[cfg(test)]
-    pub async fn link_blob(&self, repo: &str, digest: &str, size: i64) -> Result<()> {
+    pub async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
         self.claim_blob(digest, size).await?;
         self.finish_blob(repo, digest).await
     }
 
     /// Moves a blob's use time, so garbage collection leaves it alone for
     /// another grace period.
-    pub async fn touch_blob(&self, digest: &str) -> Result<()> {
+    pub async fn touch_blob(&self, digest: &Digest) -> Result<()> {
+        let digest = digest.as_str();
         sqlx::query("UPDATE blobs SET last_used = $2 WHERE digest = $1 AND state = 0")
             .bind(digest)
             .bind(now_millis())
@@ -161,7 +172,8 @@ impl Metadata {
     }
 
     /// Removes a blob's link from `repo`. Returns whether it was linked.
-    pub async fn unlink_blob(&self, repo: &str, digest: &str) -> Result<bool> {
+    pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
         let r = sqlx::query(
             "DELETE FROM repository_blobs WHERE digest = $2 \
              AND repository_id = (SELECT id FROM repositories WHERE name = $1)",

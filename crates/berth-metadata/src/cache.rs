@@ -186,7 +186,7 @@ mod tests {
     use super::*;
 
     fn row(d: &str) -> ManifestRow {
-        ManifestRow { digest: d.into(), media_type: "m".into(), size: 1 }
+        ManifestRow { digest: berth_types::Digest::of_bytes(d.as_bytes()), media_type: "m".into(), size: 1 }
     }
 
     #[test]

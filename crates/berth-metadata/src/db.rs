@@ -9,6 +9,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 
 use crate::cache::Cache;
+use berth_types::RepoName;
+
 use crate::{now_millis, Backend, Metadata, MetadataError, RepositoryLock, Result};
 
 pub(crate) type SetupFuture<'c> =
@@ -132,7 +134,8 @@ impl Metadata {
     /// Locks `repo` for changes whose storage links and rows must agree
     /// (tags, manifest deletion, repository deletion) across all instances.
     /// With SQLite the process is the only writer and its own locks suffice.
-    pub async fn lock_repository(&self, repo: &str) -> Result<RepositoryLock> {
+    pub async fn lock_repository(&self, repo: &RepoName) -> Result<RepositoryLock> {
+        let repo = repo.as_str();
         let Some(pool) = &self.locks else { return Ok(RepositoryLock { _tx: None }) };
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")

@@ -6,16 +6,18 @@ use std::future::Future;
 
 use sqlx::Row;
 
-use crate::{locking, now_millis, Backend, Metadata, Result};
+use berth_types::{Digest, RepoName};
+
+use crate::{locking, now_millis, typed, Backend, Metadata, Result};
 
 /// A blob garbage collection takes: nothing references it, and it has been
 /// idle past the grace period (or its commit lease ran out).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcVictim {
-    pub digest: String,
-    pub size: i64,
+    pub digest: Digest,
+    pub size: u64,
     /// Repositories whose layer links name it.
-    pub repositories: Vec<String>,
+    pub repositories: Vec<RepoName>,
 }
 
 impl Metadata {
@@ -33,7 +35,7 @@ impl Metadata {
     pub async fn sweep_blobs<F, Fut>(
         &self,
         cutoff: i64,
-        after: &str,
+        after: Option<&Digest>,
         limit: i64,
         dry_run: bool,
         delete: F,
@@ -53,7 +55,7 @@ impl Metadata {
              ORDER BY b.digest LIMIT $4",
             "FOR UPDATE OF b SKIP LOCKED"
         );
-        let mut after = after.to_owned();
+        let mut after = after.map(|d| d.as_str().to_owned()).unwrap_or_default();
         let victims = loop {
             let rows = sqlx::query(select).bind(&after).bind(cutoff).bind(now).bind(limit).fetch_all(&mut *tx).await?;
             let Some(last) = rows.last() else {
@@ -95,7 +97,11 @@ impl Metadata {
                         .execute(&mut *tx)
                         .await?;
                 }
-                victims.push(GcVictim { size: r.try_get(1)?, digest, repositories });
+                let (size, repositories) = (
+                    typed::size("blobs", &digest, r.try_get(1)?)?,
+                    typed::repos("repository_blobs", &digest, repositories)?,
+                );
+                victims.push(GcVictim { size, digest: typed::digest("blobs", &digest, &digest)?, repositories });
             }
             if dry_run {
                 tx.rollback().await?;
@@ -112,7 +118,7 @@ impl Metadata {
         }
         tx.commit().await?;
         for repo in victims.iter().flat_map(|v| v.repositories.iter()) {
-            self.cache.invalidate(repo);
+            self.cache.invalidate(repo.as_str());
         }
         Ok(victims)
     }
@@ -134,15 +140,17 @@ impl Metadata {
 
     /// Everything the manifest `digest` of `repo` references (config,
     /// layers, child manifests).
-    pub async fn manifest_references(&self, repo: &str, digest: &str) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
+    pub async fn manifest_references(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Digest>> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
+        let children = sqlx::query_scalar(
             "SELECT mr.child FROM manifest_references mr JOIN repositories r ON r.id = mr.repository_id \
              WHERE r.name = $1 AND mr.parent = $2 ORDER BY mr.child",
         )
         .bind(repo)
         .bind(digest)
         .fetch_all(&self.read)
-        .await?)
+        .await?;
+        typed::digests("manifest_references", digest, children)
     }
 
     /// Of `candidates`, the blobs a collection would take once the manifests
@@ -152,12 +160,13 @@ impl Metadata {
     pub async fn freed_without(
         &self,
         cutoff: i64,
-        gone: &HashSet<(String, String)>,
-        candidates: &[String],
+        gone: &HashSet<(RepoName, Digest)>,
+        candidates: &[Digest],
     ) -> Result<Vec<GcVictim>> {
         let now = now_millis();
         let mut out = Vec::new();
-        for digest in candidates {
+        for d in candidates {
+            let digest = d.as_str();
             let row = sqlx::query("SELECT size, state, last_used, lease_until FROM blobs WHERE digest = $1")
                 .bind(digest)
                 .fetch_optional(&self.read)
@@ -178,7 +187,12 @@ impl Metadata {
             .await?;
             let mut only_gone = true;
             for p in &parents {
-                only_gone &= gone.contains(&(p.try_get(0)?, p.try_get(1)?));
+                let (name, parent): (String, String) = (p.try_get(0)?, p.try_get(1)?);
+                let key = (
+                    typed::repo("manifest_references", &parent, &name)?,
+                    typed::digest("manifest_references", &parent, &parent)?,
+                );
+                only_gone &= gone.contains(&key);
             }
             let holders: Vec<String> = sqlx::query_scalar(
                 "SELECT r.name FROM manifests m JOIN repositories r ON r.id = m.repository_id WHERE m.digest = $1",
@@ -186,9 +200,15 @@ impl Metadata {
             .bind(digest)
             .fetch_all(&self.read)
             .await?;
-            only_gone &= holders.into_iter().all(|r| gone.contains(&(r, digest.clone())));
+            for r in typed::repos("manifests", digest, holders)? {
+                only_gone &= gone.contains(&(r, d.clone()));
+            }
             if only_gone {
-                out.push(GcVictim { digest: digest.clone(), size, repositories: Vec::new() });
+                out.push(GcVictim {
+                    digest: d.clone(),
+                    size: typed::size("blobs", digest, size)?,
+                    repositories: Vec::new(),
+                });
             }
         }
         Ok(out)
@@ -197,7 +217,8 @@ impl Metadata {
     /// Removes a blob's rows and links whatever their state, returning the
     /// repositories it was linked in. Used to finish a collection that was
     /// cut short after the blob's content went.
-    pub async fn forget_blob(&self, digest: &str) -> Result<Vec<String>> {
+    pub async fn forget_blob(&self, digest: &Digest) -> Result<Vec<RepoName>> {
+        let digest = digest.as_str();
         let mut tx = self.begin(&self.write).await?;
         let repositories: Vec<String> = sqlx::query_scalar(
             "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
@@ -212,6 +233,6 @@ impl Metadata {
         for repo in &repositories {
             self.cache.invalidate(repo);
         }
-        Ok(repositories)
+        typed::repos("repository_blobs", digest, repositories)
     }
 }

@@ -3,14 +3,16 @@
 
 use sqlx::Row;
 
-use crate::{locking, Backend, Metadata, Result};
+use berth_types::{Digest, RepoName, Tag};
+
+use crate::{locking, typed, Backend, Metadata, Result};
 
 /// One manifest of a repository, for deciding what is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestNode {
-    pub digest: String,
+    pub digest: Digest,
     pub created_at: i64,
-    pub subject: Option<String>,
+    pub subject: Option<Digest>,
     pub media_type: String,
 }
 
@@ -19,14 +21,14 @@ pub struct ManifestNode {
 pub struct RepositoryGraph {
     pub manifests: Vec<ManifestNode>,
     /// (index, child manifest)
-    pub children: Vec<(String, String)>,
+    pub children: Vec<(Digest, Digest)>,
     pub tags: Vec<TagInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagInfo {
-    pub name: String,
-    pub digest: String,
+    pub name: Tag,
+    pub digest: Digest,
     /// Milliseconds since the epoch.
     pub pushed_at: i64,
     pub pulled_at: i64,
@@ -34,7 +36,8 @@ pub struct TagInfo {
 
 impl Metadata {
     /// Manifests, index edges and tags of `repo`.
-    pub async fn repository_graph(&self, repo: &str) -> Result<RepositoryGraph> {
+    pub async fn repository_graph(&self, repo: &RepoName) -> Result<RepositoryGraph> {
+        let repo = repo.as_str();
         let rows = sqlx::query(
             "SELECT m.digest, m.created_at, m.subject, m.media_type FROM manifests m \
              JOIN repositories r ON r.id = m.repository_id WHERE r.name = $1 ORDER BY m.digest",
@@ -45,10 +48,12 @@ impl Metadata {
         let manifests = rows
             .iter()
             .map(|r| {
+                let digest: String = r.try_get(0)?;
+                let subject: Option<String> = r.try_get(2)?;
                 Ok(ManifestNode {
-                    digest: r.try_get(0)?,
+                    digest: typed::digest("manifests", &digest, &digest)?,
                     created_at: r.try_get(1)?,
-                    subject: r.try_get(2)?,
+                    subject: subject.map(|s| typed::digest("manifests", &digest, &s)).transpose()?,
                     media_type: r.try_get(3)?,
                 })
             })
@@ -60,7 +65,16 @@ impl Metadata {
         .bind(repo)
         .fetch_all(&self.write)
         .await?;
-        let children = rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<Vec<_>>>()?;
+        let children = rows
+            .iter()
+            .map(|r| {
+                let (parent, child): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+                Ok((
+                    typed::digest("manifest_references", &parent, &parent)?,
+                    typed::digest("manifest_references", &parent, &child)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let rows = sqlx::query(
             "SELECT t.name, t.digest, t.updated_at, t.pulled_at FROM tags t JOIN repositories r ON r.id = t.repository_id \
              WHERE r.name = $1 ORDER BY t.name",
@@ -71,9 +85,10 @@ impl Metadata {
         let tags = rows
             .iter()
             .map(|r| {
+                let (name, digest): (String, String) = (r.try_get(0)?, r.try_get(1)?);
                 Ok(TagInfo {
-                    name: r.try_get(0)?,
-                    digest: r.try_get(1)?,
+                    name: typed::tag("tags", &name, &name)?,
+                    digest: typed::digest("tags", &name, &digest)?,
                     pushed_at: r.try_get(2)?,
                     pulled_at: r.try_get(3)?,
                 })
@@ -89,10 +104,11 @@ impl Metadata {
     /// On PostgreSQL each manifest is locked first (`FOR UPDATE`), after any
     /// push that tags it or lists it in an index has committed, so the
     /// DELETE's fresh snapshot sees that tag or index and keeps the manifest.
-    pub async fn delete_untagged(&self, repo: &str, digests: &[String]) -> Result<Vec<String>> {
+    pub async fn delete_untagged(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let repo = repo.as_str();
         let mut tx = self.begin(&self.write).await?;
         let mut deleted = Vec::new();
-        let mut remaining: Vec<&String> = digests.iter().collect();
+        let mut remaining: Vec<&Digest> = digests.iter().collect();
         remaining.sort_unstable();
         remaining.dedup();
         loop {
@@ -106,7 +122,7 @@ impl Metadata {
                     "FOR UPDATE"
                 ))
                 .bind(repo)
-                .bind(d)
+                .bind(d.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
                 if found.is_none() {
@@ -120,7 +136,7 @@ impl Metadata {
                        AND mr.child = $2 AND mr.child_is_manifest = 1)",
                 )
                 .bind(repo)
-                .bind(d)
+                .bind(d.as_str())
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -133,7 +149,7 @@ impl Metadata {
                      AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
                 )
                 .bind(repo)
-                .bind(d)
+                .bind(d.as_str())
                 .execute(&mut *tx)
                 .await?;
                 deleted.push(d.clone());

@@ -2,15 +2,17 @@
 
 use sqlx::{Any, Transaction};
 
-use crate::{now_millis, Backend, Metadata, NewManifest, Result};
+use berth_types::{Digest, RepoName, Tag};
+
+use crate::{now_millis, typed, Backend, Metadata, NewManifest, Result};
 
 /// Everything found for one repository of an existing store.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ImportedRepository<'a> {
-    pub repository: &'a str,
-    pub blobs: Vec<(&'a str, i64)>,
+    pub repository: &'a RepoName,
+    pub blobs: Vec<(&'a Digest, u64)>,
     pub manifests: Vec<NewManifest<'a>>,
-    pub tags: Vec<(&'a str, &'a str)>,
+    pub tags: Vec<(&'a Tag, &'a Digest)>,
     /// Whether the repository has a manifests directory (shows in the catalog).
     pub listed: bool,
 }
@@ -25,7 +27,7 @@ impl Metadata {
         }
         tx.commit().await?;
         for imp in imps {
-            self.cache.invalidate(imp.repository);
+            self.cache.invalidate(imp.repository.as_str());
         }
         Ok(())
     }
@@ -35,7 +37,7 @@ impl Metadata {
         tx: &mut Transaction<'_, Any>,
         imp: &ImportedRepository<'_>,
     ) -> Result<()> {
-        let repo_id = Self::ensure_repository(backend, tx, imp.repository).await?;
+        let repo_id = Self::ensure_repository(backend, tx, imp.repository.as_str()).await?;
         if imp.listed {
             sqlx::query("UPDATE repositories SET listed = 1 WHERE id = $1").bind(repo_id).execute(&mut **tx).await?;
         }
@@ -45,8 +47,8 @@ impl Metadata {
                 "INSERT INTO blobs (digest, size, created_at, last_used) VALUES ($1, $2, $3, $3) \
                  ON CONFLICT (digest) DO NOTHING",
             )
-            .bind(*digest)
-            .bind(*size)
+            .bind(digest.as_str())
+            .bind(typed::db_size(*size)?)
             .bind(now)
             .execute(&mut **tx)
             .await?;
@@ -55,7 +57,7 @@ impl Metadata {
                  ON CONFLICT (repository_id, digest) DO NOTHING",
             )
             .bind(repo_id)
-            .bind(*digest)
+            .bind(digest.as_str())
             .bind(now)
             .execute(&mut **tx)
             .await?;
@@ -70,8 +72,8 @@ impl Metadata {
                  ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
             )
             .bind(repo_id)
-            .bind(*tag)
-            .bind(*digest)
+            .bind(tag.as_str())
+            .bind(digest.as_str())
             .bind(now)
             .execute(&mut **tx)
             .await?;

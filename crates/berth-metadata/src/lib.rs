@@ -30,6 +30,7 @@ mod pulls;
 mod quotas;
 mod repositories;
 mod tags;
+mod typed;
 mod uploads;
 
 pub use blobs::BlobClaim;

@@ -3,20 +3,22 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use crate::{locking, now_millis, Backend, Kind, Metadata, MetadataError, Result, RACE_RETRIES};
+use berth_types::{Digest, RepoName, Tag};
+
+use crate::{locking, now_millis, typed, Backend, Kind, Metadata, MetadataError, Result, RACE_RETRIES};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestRow {
-    pub digest: String,
+    pub digest: Digest,
     pub media_type: String,
-    pub size: i64,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReferrerRow {
-    pub digest: String,
+    pub digest: Digest,
     pub media_type: String,
-    pub size: i64,
+    pub size: u64,
     pub artifact_type: Option<String>,
     /// JSON object text, when the manifest has annotations.
     pub annotations: Option<String>,
@@ -25,18 +27,18 @@ pub struct ReferrerRow {
 /// A manifest to record, with everything it references.
 #[derive(Debug, Clone)]
 pub struct NewManifest<'a> {
-    pub repository: &'a str,
-    pub digest: &'a str,
+    pub repository: &'a RepoName,
+    pub digest: &'a Digest,
     pub media_type: &'a str,
-    pub size: i64,
+    pub size: u64,
     pub artifact_type: Option<&'a str>,
-    pub subject: Option<&'a str>,
+    pub subject: Option<&'a Digest>,
     pub annotations: Option<String>,
     /// Blobs (config, layers) that must be linked in the repository.
-    pub blobs: Vec<&'a str>,
+    pub blobs: Vec<&'a Digest>,
     /// Child manifests that must exist in the repository.
-    pub children: Vec<&'a str>,
-    pub tag: Option<&'a str>,
+    pub children: Vec<&'a Digest>,
+    pub tag: Option<&'a Tag>,
     /// Skip the presence checks (import, where children may come later).
     pub trust_references: bool,
 }
@@ -45,31 +47,33 @@ pub struct NewManifest<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutManifestOutcome {
     Stored,
-    MissingBlob(String),
-    MissingManifest(String),
+    MissingBlob(Digest),
+    MissingManifest(Digest),
 }
 
 impl Metadata {
     pub(crate) fn manifest_row(r: &AnyRow) -> Result<ManifestRow> {
-        Ok(ManifestRow { digest: r.try_get(0)?, media_type: r.try_get(1)?, size: r.try_get(2)? })
+        let digest: String = r.try_get(0)?;
+        let size = typed::size("manifests", &digest, r.try_get(2)?)?;
+        Ok(ManifestRow { digest: typed::digest("manifests", &digest, &digest)?, media_type: r.try_get(1)?, size })
     }
 
-    pub async fn get_manifest(&self, repo: &str, digest: &str) -> Result<Option<ManifestRow>> {
+    pub async fn get_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRow>> {
         self.cached_row(
             Kind::Manifest,
-            repo,
-            digest,
+            repo.as_str(),
+            digest.as_str(),
             "SELECT m.digest, m.media_type, m.size FROM manifests m JOIN repositories r ON r.id = m.repository_id \
              WHERE r.name = $1 AND m.digest = $2",
         )
         .await
     }
 
-    pub async fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<ManifestRow>> {
+    pub async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestRow>> {
         self.cached_row(
             Kind::TagRow,
-            repo,
-            tag,
+            repo.as_str(),
+            tag.as_str(),
             "SELECT m.digest, m.media_type, m.size FROM tags t JOIN repositories r ON r.id = t.repository_id \
              JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest \
              WHERE r.name = $1 AND t.name = $2",
@@ -105,8 +109,8 @@ impl Metadata {
     /// later skips it or finds it referenced. Blobs are locked in digest
     /// order, the order collection locks them in.
     pub async fn put_manifest(&self, m: &NewManifest<'_>) -> Result<PutManifestOutcome> {
-        let mut checked_blobs: Vec<&str> = if m.trust_references { vec![] } else { m.blobs.clone() };
-        let mut checked_children: Vec<&str> = if m.trust_references { vec![] } else { m.children.clone() };
+        let mut checked_blobs: Vec<&Digest> = if m.trust_references { vec![] } else { m.blobs.clone() };
+        let mut checked_children: Vec<&Digest> = if m.trust_references { vec![] } else { m.children.clone() };
         checked_blobs.sort_unstable();
         checked_blobs.dedup();
         checked_children.sort_unstable();
@@ -121,24 +125,24 @@ impl Metadata {
         let child_sql =
             locking!(self.backend, "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2", "FOR KEY SHARE");
         let mut tx = self.begin(&self.write).await?;
-        let repo_id = Self::ensure_repository(self.backend, &mut tx, m.repository).await?;
+        let repo_id = Self::ensure_repository(self.backend, &mut tx, m.repository.as_str()).await?;
         for b in checked_blobs {
             let found: Option<i64> =
-                sqlx::query_scalar(blob_sql).bind(repo_id).bind(b).fetch_optional(&mut *tx).await?;
+                sqlx::query_scalar(blob_sql).bind(repo_id).bind(b.as_str()).fetch_optional(&mut *tx).await?;
             if found.is_none() {
-                return Ok(PutManifestOutcome::MissingBlob(b.to_owned()));
+                return Ok(PutManifestOutcome::MissingBlob(b.clone()));
             }
         }
         for c in checked_children {
             let found: Option<i64> =
-                sqlx::query_scalar(child_sql).bind(repo_id).bind(c).fetch_optional(&mut *tx).await?;
+                sqlx::query_scalar(child_sql).bind(repo_id).bind(c.as_str()).fetch_optional(&mut *tx).await?;
             if found.is_none() {
-                return Ok(PutManifestOutcome::MissingManifest(c.to_owned()));
+                return Ok(PutManifestOutcome::MissingManifest(c.clone()));
             }
         }
         Self::insert_manifest(self.backend, &mut tx, repo_id, m).await?;
         tx.commit().await?;
-        self.cache.invalidate(m.repository);
+        self.cache.invalidate(m.repository.as_str());
         Ok(PutManifestOutcome::Stored)
     }
 
@@ -153,13 +157,14 @@ impl Metadata {
             .execute(&mut **tx)
             .await?;
         let now = now_millis();
+        let (digest, size) = (m.digest.as_str(), typed::db_size(m.size)?);
         // The caller has put the manifest's content in place.
         sqlx::query(
             "INSERT INTO blobs (digest, size, created_at, state, last_used) VALUES ($1, $2, $3, 0, $3) \
              ON CONFLICT (digest) DO UPDATE SET state = 0, lease_until = 0, last_used = excluded.last_used",
         )
-        .bind(m.digest)
-        .bind(m.size)
+        .bind(digest)
+        .bind(size)
         .bind(now)
         .execute(&mut **tx)
         .await?;
@@ -174,11 +179,11 @@ impl Metadata {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (repository_id, digest) DO NOTHING",
             )
             .bind(repo_id)
-            .bind(m.digest)
+            .bind(digest)
             .bind(m.media_type)
-            .bind(m.size)
+            .bind(size)
             .bind(m.artifact_type)
-            .bind(m.subject)
+            .bind(m.subject.map(Digest::as_str))
             .bind(m.annotations.as_deref())
             .bind(now)
             .execute(&mut **tx)
@@ -189,7 +194,7 @@ impl Metadata {
                 break;
             }
             let found: Option<i64> =
-                sqlx::query_scalar(existing).bind(repo_id).bind(m.digest).fetch_optional(&mut **tx).await?;
+                sqlx::query_scalar(existing).bind(repo_id).bind(digest).fetch_optional(&mut **tx).await?;
             if found.is_some() {
                 inserted = Some(false);
                 break;
@@ -206,8 +211,8 @@ impl Metadata {
                      VALUES ($1, $2, $3, $4) ON CONFLICT (repository_id, parent, child) DO NOTHING",
                 )
                 .bind(repo_id)
-                .bind(m.digest)
-                .bind(*child)
+                .bind(digest)
+                .bind(child.as_str())
                 .bind(is_manifest)
                 .execute(&mut **tx)
                 .await?;
@@ -219,8 +224,8 @@ impl Metadata {
                  ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
             )
             .bind(repo_id)
-            .bind(tag)
-            .bind(m.digest)
+            .bind(tag.as_str())
+            .bind(digest)
             .bind(now)
             .execute(&mut **tx)
             .await?;
@@ -230,7 +235,8 @@ impl Metadata {
 
     /// Deletes a manifest from a repository with the tags pointing at it.
     /// Returns the removed tags, or None if the manifest was not there.
-    pub async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<Option<Vec<String>>> {
+    pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Vec<Tag>>> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
         let mut tx = self.begin(&self.write).await?;
         let repo_id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
             .bind(repo)
@@ -274,11 +280,17 @@ impl Metadata {
             .rows_affected();
         tx.commit().await?;
         self.cache.invalidate(repo);
-        Ok((n > 0).then_some(tags))
+        (n > 0).then(|| typed::tags("tags", digest, tags)).transpose()
     }
 
     /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
-    pub async fn referrers(&self, repo: &str, subject: &str, artifact_type: Option<&str>) -> Result<Vec<ReferrerRow>> {
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<ReferrerRow>> {
+        let (repo, subject) = (repo.as_str(), subject.as_str());
         let rows = sqlx::query(
             "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations FROM manifests m \
              JOIN repositories r ON r.id = m.repository_id \
@@ -291,10 +303,11 @@ impl Metadata {
         .await?;
         rows.iter()
             .map(|r| {
+                let digest: String = r.try_get(0)?;
                 Ok(ReferrerRow {
-                    digest: r.try_get(0)?,
+                    digest: typed::digest("manifests", &digest, &digest)?,
                     media_type: r.try_get(1)?,
-                    size: r.try_get(2)?,
+                    size: typed::size("manifests", &digest, r.try_get(2)?)?,
                     artifact_type: r.try_get(3)?,
                     annotations: r.try_get(4)?,
                 })

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use sqlx::{Any, Transaction};
 
 use crate::tags::page_after;
-use crate::{locking, now_millis, Backend, Metadata, MetadataError, Result, MAX_CACHED_LIST, RACE_RETRIES};
+use berth_types::RepoName;
+
+use crate::{locking, now_millis, typed, Backend, Metadata, MetadataError, Result, MAX_CACHED_LIST, RACE_RETRIES};
 
 impl Metadata {
     /// The repository's id, creating it if needed. On PostgreSQL the row is
@@ -28,7 +30,7 @@ impl Metadata {
     }
 
     /// Repositories that ever held a manifest, in name order, after `last`.
-    pub async fn list_repositories(&self, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
+    pub async fn list_repositories(&self, last: Option<&str>, limit: i64) -> Result<Vec<RepoName>> {
         let all = match self.cache.catalog() {
             Some(all) => Some(all),
             // Without a cache to keep it in, reading everything would be wasted.
@@ -48,13 +50,15 @@ impl Metadata {
             }
         };
         if let Some(all) = all {
-            return Ok(page_after(&all, last, limit));
+            return typed::repos("repositories", "catalog", page_after(&all, last, limit));
         }
-        Ok(sqlx::query_scalar("SELECT name FROM repositories WHERE listed = 1 AND name > $1 ORDER BY name LIMIT $2")
-            .bind(last.unwrap_or(""))
-            .bind(limit)
-            .fetch_all(&self.read)
-            .await?)
+        let names =
+            sqlx::query_scalar("SELECT name FROM repositories WHERE listed = 1 AND name > $1 ORDER BY name LIMIT $2")
+                .bind(last.unwrap_or(""))
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?;
+        typed::repos("repositories", "catalog", names)
     }
 
     #[cfg(test)]
@@ -63,8 +67,9 @@ impl Metadata {
     }
 
     /// Every repository known, in name order.
-    pub async fn all_repositories(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT name FROM repositories ORDER BY name").fetch_all(&self.read).await?)
+    pub async fn all_repositories(&self) -> Result<Vec<RepoName>> {
+        let names = sqlx::query_scalar("SELECT name FROM repositories ORDER BY name").fetch_all(&self.read).await?;
+        typed::repos("repositories", "all", names)
     }
 
     /// Removes a repository with its tags, manifests and blob links. The blobs
@@ -72,7 +77,8 @@ impl Metadata {
     /// On PostgreSQL the repository row is locked first: writers hold it
     /// (`FOR KEY SHARE`) while they add to the repository, so this waits for
     /// them, and those that come later create the repository anew.
-    pub async fn delete_repository(&self, repo: &str) -> Result<bool> {
+    pub async fn delete_repository(&self, repo: &RepoName) -> Result<bool> {
+        let repo = repo.as_str();
         let mut tx = self.begin(&self.write).await?;
         let id: Option<i64> =
             sqlx::query_scalar(locking!(self.backend, "SELECT id FROM repositories WHERE name = $1", "FOR UPDATE"))

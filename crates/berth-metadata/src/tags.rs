@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::{Metadata, Result, MAX_CACHED_LIST};
+use berth_types::{Digest, RepoName, Tag};
+
+use crate::{typed, Metadata, Result, MAX_CACHED_LIST};
 
 /// The entries of a sorted list after `last`, at most `limit` of them.
 pub(crate) fn page_after(all: &[String], last: Option<&str>, limit: i64) -> Vec<String> {
@@ -16,7 +18,8 @@ pub(crate) fn page_after(all: &[String], last: Option<&str>, limit: i64) -> Vec<
 impl Metadata {
     /// Points a tag at a manifest already recorded in the repository.
     #[cfg(test)]
-    pub async fn set_tag(&self, repo: &str, tag: &str, digest: &str) -> Result<bool> {
+    pub async fn set_tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<bool> {
+        let (repo, tag, digest) = (repo.as_str(), tag.as_str(), digest.as_str());
         use crate::{is_foreign_key_violation, now_millis};
         let r = sqlx::query(
             "INSERT INTO tags (repository_id, name, digest, updated_at) \
@@ -40,7 +43,8 @@ impl Metadata {
     }
 
     /// Removes a tag. Returns the digest it pointed at, if it existed.
-    pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<Option<String>> {
+    pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        let (repo, tag) = (repo.as_str(), tag.as_str());
         let digest: Option<String> = sqlx::query_scalar(
             "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1) \
              RETURNING digest",
@@ -50,19 +54,21 @@ impl Metadata {
         .fetch_optional(&self.write)
         .await?;
         self.cache.invalidate(repo);
-        Ok(digest)
+        digest.map(|d| typed::digest("tags", tag, &d)).transpose()
     }
 
     /// Tags of a repository in name order after `last`; None when the
     /// repository never held a manifest.
-    pub async fn list_tags(&self, repo: &str, last: Option<&str>, limit: i64) -> Result<Option<Vec<String>>> {
+    pub async fn list_tags(&self, repo: &RepoName, last: Option<&str>, limit: i64) -> Result<Option<Vec<Tag>>> {
+        let repo = repo.as_str();
+        let typed = |v: Vec<String>| typed::tags("tags", repo, v);
         if !self.cache.enabled() {
             let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM repositories WHERE name = $1 AND listed = 1")
                 .bind(repo)
                 .fetch_optional(&self.read)
                 .await?;
             return match known {
-                Some(_) => self.page_tags(repo, last, limit).await.map(Some),
+                Some(_) => self.page_tags(repo, last, limit).await.and_then(typed).map(Some),
                 None => Ok(None),
             };
         }
@@ -88,14 +94,14 @@ impl Metadata {
                 .fetch_all(&self.read)
                 .await?;
                 if tags.len() as i64 > MAX_CACHED_LIST {
-                    return self.page_tags(repo, last, limit).await.map(Some);
+                    return self.page_tags(repo, last, limit).await.and_then(typed).map(Some);
                 }
                 let tags = Arc::new(tags);
                 self.cache.put_tags(repo, token, Some(tags.clone()));
                 Some(tags)
             }
         };
-        Ok(all.map(|all| page_after(&all, last, limit)))
+        all.map(|all| typed(page_after(&all, last, limit))).transpose()
     }
 
     pub(crate) async fn page_tags(&self, repo: &str, last: Option<&str>, limit: i64) -> Result<Vec<String>> {

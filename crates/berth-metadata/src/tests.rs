@@ -1,6 +1,9 @@
 //! The metadata tests. Each `async fn(Metadata)` listed in `on_both!` runs
 //! twice: on a temporary SQLite file and on a fresh PostgreSQL database.
 
+use berth_types::{Digest, RepoName, Tag};
+use uuid::Uuid;
+
 use super::*;
 
 mod db;
@@ -42,6 +45,7 @@ on_both!(
     uploads_advance_only_from_the_expected_size,
     catalog_and_tags_page_in_byte_order,
     metadata_keys_are_set_and_replaced,
+    rows_that_do_not_parse_are_errors_naming_their_key,
 );
 
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -49,18 +53,48 @@ const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222
 const M1: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const M2: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
-fn manifest<'a>(repo: &'a str, digest: &'a str, blobs: Vec<&'a str>, tag: Option<&'a str>) -> NewManifest<'a> {
+/// Test values, parsed from text and kept for the life of the test process,
+/// so that records borrowing them can outlive a statement or move into a task.
+fn keep<T>(v: T) -> &'static T {
+    Box::leak(Box::new(v))
+}
+
+fn r(s: &str) -> &'static RepoName {
+    keep(RepoName::parse(s).unwrap())
+}
+
+fn d(s: &str) -> &'static Digest {
+    keep(Digest::parse(s).unwrap())
+}
+
+fn t(s: &str) -> &'static Tag {
+    keep(Tag::parse(s).unwrap())
+}
+
+/// A fixed upload id per name, as the registry would have made one.
+fn u(s: &str) -> &'static Uuid {
+    let mut b = [0u8; 16];
+    let n = s.len().min(16);
+    b[..n].copy_from_slice(&s.as_bytes()[..n]);
+    keep(Uuid::from_bytes(b))
+}
+
+fn ds(v: &[&str]) -> Vec<&'static Digest> {
+    v.iter().map(|s| d(s)).collect()
+}
+
+fn manifest(repo: &str, digest: &str, blobs: Vec<&str>, tag: Option<&str>) -> NewManifest<'static> {
     NewManifest {
-        repository: repo,
-        digest,
+        repository: r(repo),
+        digest: d(digest),
         media_type: "application/vnd.oci.image.manifest.v1+json",
         size: 100,
         artifact_type: Some("application/x.test"),
         subject: None,
         annotations: None,
-        blobs,
+        blobs: ds(&blobs),
         children: vec![],
-        tag,
+        tag: tag.map(t),
         trust_references: false,
     }
 }
@@ -70,22 +104,22 @@ async fn reopening_keeps_data_and_does_not_remigrate() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.sqlite");
     let (md, _) = Metadata::open_sqlite(&path).await.unwrap();
-    md.link_blob("a/b", D1, 5).await.unwrap();
+    md.link_blob(r("a/b"), d(D1), 5).await.unwrap();
     md.close().await;
     let (md, created) = Metadata::open_sqlite(&path).await.unwrap();
     assert!(!created);
-    assert_eq!(md.repository_blob_size("a/b", D1).await.unwrap(), Some(5));
+    assert_eq!(md.repository_blob_size(r("a/b"), d(D1)).await.unwrap(), Some(5));
 }
 
 #[tokio::test]
 async fn postgres_reopening_keeps_data_and_does_not_remigrate() {
     let Some(db) = db::postgres("postgres_reopening_keeps_data_and_does_not_remigrate").await else { return };
-    db.md.link_blob("a/b", D1, 5).await.unwrap();
+    db.md.link_blob(r("a/b"), d(D1), 5).await.unwrap();
     let url = db.url.clone().unwrap();
     // A second instance on the same database, as another server would open it.
     let (other, created) = Metadata::open_postgres(&url, 2).await.unwrap();
     assert!(!created);
-    assert_eq!(other.repository_blob_size("a/b", D1).await.unwrap(), Some(5));
+    assert_eq!(other.repository_blob_size(r("a/b"), d(D1)).await.unwrap(), Some(5));
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(&other.read).await.unwrap();
     assert_eq!(versions, crate::db::POSTGRES_MIGRATIONS.len() as i64);
@@ -120,128 +154,146 @@ async fn postgres_instances_starting_together_migrate_once() {
 }
 
 async fn blob_links_are_per_repository(md: Metadata) {
-    md.link_blob("one", D1, 10).await.unwrap();
-    assert_eq!(md.repository_blob_size("one", D1).await.unwrap(), Some(10));
-    assert_eq!(md.repository_blob_size("two", D1).await.unwrap(), None);
-    assert_eq!(md.blob_size(D1).await.unwrap(), Some(10));
-    assert!(md.unlink_blob("one", D1).await.unwrap());
-    assert!(!md.unlink_blob("one", D1).await.unwrap());
-    assert_eq!(md.repository_blob_size("one", D1).await.unwrap(), None);
-    assert_eq!(md.blob_size(D1).await.unwrap(), Some(10), "global blob record stays");
+    md.link_blob(r("one"), d(D1), 10).await.unwrap();
+    assert_eq!(md.repository_blob_size(r("one"), d(D1)).await.unwrap(), Some(10));
+    assert_eq!(md.repository_blob_size(r("two"), d(D1)).await.unwrap(), None);
+    assert_eq!(md.blob_size(d(D1)).await.unwrap(), Some(10));
+    assert!(md.unlink_blob(r("one"), d(D1)).await.unwrap());
+    assert!(!md.unlink_blob(r("one"), d(D1)).await.unwrap());
+    assert_eq!(md.repository_blob_size(r("one"), d(D1)).await.unwrap(), None);
+    assert_eq!(md.blob_size(d(D1)).await.unwrap(), Some(10), "global blob record stays");
 }
 
 async fn manifest_requires_its_blobs_and_children(md: Metadata) {
     let out = md.put_manifest(&manifest("r", M1, vec![D1], Some("v1"))).await.unwrap();
-    assert_eq!(out, PutManifestOutcome::MissingBlob(D1.into()));
-    assert_eq!(md.resolve_tag("r", "v1").await.unwrap(), None, "nothing recorded on failure");
-    md.link_blob("r", D1, 1).await.unwrap();
+    assert_eq!(out, PutManifestOutcome::MissingBlob(d(D1).clone()));
+    assert_eq!(md.resolve_tag(r("r"), t("v1")).await.unwrap(), None, "nothing recorded on failure");
+    md.link_blob(r("r"), d(D1), 1).await.unwrap();
     assert_eq!(md.put_manifest(&manifest("r", M1, vec![D1], Some("v1"))).await.unwrap(), PutManifestOutcome::Stored);
-    let row = md.resolve_tag("r", "v1").await.unwrap().unwrap();
+    let row = md.resolve_tag(r("r"), t("v1")).await.unwrap().unwrap();
     assert_eq!(row.digest, M1);
     // The manifest is readable as a blob of the repository too.
-    assert_eq!(md.repository_blob_size("r", M1).await.unwrap(), Some(100));
+    assert_eq!(md.repository_blob_size(r("r"), d(M1)).await.unwrap(), Some(100));
 
     let mut index = manifest("r", M2, vec![], Some("multi"));
-    index.children = vec![D2];
-    assert_eq!(md.put_manifest(&index).await.unwrap(), PutManifestOutcome::MissingManifest(D2.into()));
-    index.children = vec![M1];
+    index.children = ds(&[D2]);
+    assert_eq!(md.put_manifest(&index).await.unwrap(), PutManifestOutcome::MissingManifest(d(D2).clone()));
+    index.children = ds(&[M1]);
     assert_eq!(md.put_manifest(&index).await.unwrap(), PutManifestOutcome::Stored);
 }
 
 async fn tags_move_list_and_delete(md: Metadata) {
-    assert_eq!(md.list_tags("r", None, 100).await.unwrap(), None);
-    md.link_blob("r", D1, 1).await.unwrap();
+    assert_eq!(md.list_tags(r("r"), None, 100).await.unwrap(), None);
+    md.link_blob(r("r"), d(D1), 1).await.unwrap();
     md.put_manifest(&manifest("r", M1, vec![D1], Some("b"))).await.unwrap();
     md.put_manifest(&manifest("r", M2, vec![D1], Some("a"))).await.unwrap();
     md.put_manifest(&manifest("r", M2, vec![D1], Some("c"))).await.unwrap();
-    assert_eq!(md.list_tags("r", None, 100).await.unwrap().unwrap(), vec!["a", "b", "c"]);
-    assert_eq!(md.list_tags("r", Some("a"), 1).await.unwrap().unwrap(), vec!["b"]);
+    assert_eq!(md.list_tags(r("r"), None, 100).await.unwrap().unwrap(), vec!["a", "b", "c"]);
+    assert_eq!(md.list_tags(r("r"), Some("a"), 1).await.unwrap().unwrap(), vec!["b"]);
     // Moving a tag.
     md.put_manifest(&manifest("r", M2, vec![D1], Some("b"))).await.unwrap();
-    assert_eq!(md.resolve_tag("r", "b").await.unwrap().unwrap().digest, M2);
-    assert_eq!(md.delete_tag("r", "b").await.unwrap().as_deref(), Some(M2));
-    assert_eq!(md.delete_tag("r", "b").await.unwrap(), None);
+    assert_eq!(md.resolve_tag(r("r"), t("b")).await.unwrap().unwrap().digest, M2);
+    assert_eq!(md.delete_tag(r("r"), t("b")).await.unwrap(), Some(d(M2).clone()));
+    assert_eq!(md.delete_tag(r("r"), t("b")).await.unwrap(), None);
     // Deleting a manifest removes the tags that point at it.
-    assert_eq!(md.delete_manifest("r", M2).await.unwrap(), Some(vec!["a".to_owned(), "c".to_owned()]));
-    assert_eq!(md.delete_manifest("r", M2).await.unwrap(), None);
-    assert_eq!(md.list_tags("r", None, 100).await.unwrap().unwrap(), Vec::<String>::new());
-    assert!(md.set_tag("r", "again", M1).await.unwrap());
-    assert!(!md.set_tag("r", "nope", M2).await.unwrap(), "tag to a missing manifest is refused");
+    assert_eq!(md.delete_manifest(r("r"), d(M2)).await.unwrap(), Some(vec![t("a").clone(), t("c").clone()]));
+    assert_eq!(md.delete_manifest(r("r"), d(M2)).await.unwrap(), None);
+    assert_eq!(md.list_tags(r("r"), None, 100).await.unwrap().unwrap(), Vec::<Tag>::new());
+    assert!(md.set_tag(r("r"), t("again"), d(M1)).await.unwrap());
+    assert!(!md.set_tag(r("r"), t("nope"), d(M2)).await.unwrap(), "tag to a missing manifest is refused");
 }
 
 async fn catalog_lists_repositories_with_manifests_in_order(md: Metadata) {
-    for r in ["c", "a", "b/x", "b"] {
-        md.link_blob(r, D1, 1).await.unwrap();
-        md.put_manifest(&manifest(r, M1, vec![D1], None)).await.unwrap();
+    for name in ["c", "a", "b/x", "b"] {
+        md.link_blob(r(name), d(D1), 1).await.unwrap();
+        md.put_manifest(&manifest(name, M1, vec![D1], None)).await.unwrap();
     }
-    md.link_blob("only-blobs", D1, 1).await.unwrap();
+    md.link_blob(r("only-blobs"), d(D1), 1).await.unwrap();
     assert_eq!(md.list_repositories(None, 10).await.unwrap(), vec!["a", "b", "b/x", "c"]);
     assert_eq!(md.list_repositories(Some("b"), 2).await.unwrap(), vec!["b/x", "c"]);
     // Like distribution, a repository stays listed after its last manifest goes.
-    md.delete_manifest("c", M1).await.unwrap();
+    md.delete_manifest(r("c"), d(M1)).await.unwrap();
     assert_eq!(md.list_repositories(Some("b/x"), 2).await.unwrap(), vec!["c"]);
-    assert_eq!(md.list_tags("c", None, 10).await.unwrap(), Some(vec![]));
-    assert_eq!(md.list_tags("only-blobs", None, 10).await.unwrap(), None);
+    assert_eq!(md.list_tags(r("c"), None, 10).await.unwrap(), Some(vec![]));
+    assert_eq!(md.list_tags(r("only-blobs"), None, 10).await.unwrap(), None);
 }
 
 async fn referrers_filter_by_subject_and_artifact_type(md: Metadata) {
-    md.link_blob("r", D1, 1).await.unwrap();
+    md.link_blob(r("r"), d(D1), 1).await.unwrap();
     let mut a = manifest("r", M1, vec![D1], None);
-    a.subject = Some(D2);
+    a.subject = Some(d(D2));
     a.annotations = Some(r#"{"k":"v"}"#.into());
     md.put_manifest(&a).await.unwrap();
     let mut b = manifest("r", M2, vec![D1], None);
-    b.subject = Some(D2);
+    b.subject = Some(d(D2));
     b.artifact_type = Some("application/x.other");
     md.put_manifest(&b).await.unwrap();
-    assert_eq!(md.referrers("r", D2, None).await.unwrap().len(), 2);
-    let only = md.referrers("r", D2, Some("application/x.other")).await.unwrap();
+    assert_eq!(md.referrers(r("r"), d(D2), None).await.unwrap().len(), 2);
+    let only = md.referrers(r("r"), d(D2), Some("application/x.other")).await.unwrap();
     assert_eq!(only.len(), 1);
     assert_eq!(only[0].digest, M2);
-    assert!(md.referrers("other", D2, None).await.unwrap().is_empty());
+    assert!(md.referrers(r("other"), d(D2), None).await.unwrap().is_empty());
 }
 
 async fn uploads_advance_only_from_the_expected_size(md: Metadata) {
-    let u = UploadRow {
-        id: "u1".into(),
-        repository: "r".into(),
+    let row = UploadRow {
+        id: *u("u1"),
+        repository: r("r").clone(),
         size: 0,
         hash_state: vec![1, 2],
         storage_state: None,
         started_at: 1,
         updated_at: 1,
     };
-    md.create_upload(&u).await.unwrap();
-    assert!(md.advance_upload("u1", 0, 10, &[3], Some("parts")).await.unwrap());
-    assert!(!md.advance_upload("u1", 0, 20, &[4], None).await.unwrap(), "stale size refused");
-    let got = md.get_upload("u1").await.unwrap().unwrap();
+    md.create_upload(&row).await.unwrap();
+    assert!(md.advance_upload(u("u1"), 0, 10, &[3], Some("parts")).await.unwrap());
+    assert!(!md.advance_upload(u("u1"), 0, 20, &[4], None).await.unwrap(), "stale size refused");
+    let got = md.get_upload(u("u1")).await.unwrap().unwrap();
     assert_eq!((got.size, got.hash_state, got.storage_state.as_deref()), (10, vec![3], Some("parts")));
     assert_eq!(md.stale_uploads(now_millis() + 1, 10).await.unwrap().len(), 1);
-    assert!(md.delete_upload("u1").await.unwrap());
-    assert_eq!(md.get_upload("u1").await.unwrap(), None);
+    assert!(md.delete_upload(u("u1")).await.unwrap());
+    assert_eq!(md.get_upload(u("u1")).await.unwrap(), None);
 }
 
 async fn catalog_and_tags_page_in_byte_order(md: Metadata) {
     // Byte order, as distribution lists: '-' (0x2d) < '.' < '/' < digits < upper < '_' < lower.
-    let names = ["a_b", "a-b", "a.b", "a/b", "a0", "aB", "ab"];
-    md.link_blob("x", D1, 1).await.unwrap();
-    for n in names {
-        md.link_blob(n, D1, 1).await.unwrap();
-        md.put_manifest(&manifest(n, M1, vec![D1], Some(n))).await.unwrap();
+    // Repository names have '/' but no capitals; tags have capitals but no '/'.
+    let repos = ["a_b", "a-b", "a.b", "a/b", "a0", "ab"];
+    let tags = ["a_b", "a-b", "a.b", "a0", "aB", "ab"];
+    md.link_blob(r("x"), d(D1), 1).await.unwrap();
+    for n in repos {
+        md.link_blob(r(n), d(D1), 1).await.unwrap();
+        md.put_manifest(&manifest(n, M1, vec![D1], None)).await.unwrap();
     }
     md.put_manifest(&manifest("x", M1, vec![D1], None)).await.unwrap();
-    for n in names {
-        assert!(md.set_tag("x", n, M1).await.unwrap());
+    for n in tags {
+        assert!(md.set_tag(r("x"), t(n), d(M1)).await.unwrap());
     }
-    let mut sorted = names.to_vec();
-    sorted.sort_unstable();
-    assert_eq!(sorted, ["a-b", "a.b", "a/b", "a0", "aB", "a_b", "ab"]);
     let mut all = md.list_repositories(None, 100).await.unwrap();
     all.retain(|n| n != "x");
-    assert_eq!(all, sorted);
-    assert_eq!(md.list_repositories(Some("a/b"), 2).await.unwrap(), vec!["a0", "aB"]);
-    assert_eq!(md.list_tags("x", None, 100).await.unwrap().unwrap(), sorted);
-    assert_eq!(md.list_tags("x", Some("a0"), 2).await.unwrap().unwrap(), vec!["aB", "a_b"]);
+    assert_eq!(all, ["a-b", "a.b", "a/b", "a0", "a_b", "ab"]);
+    assert_eq!(md.list_repositories(Some("a/b"), 2).await.unwrap(), vec!["a0", "a_b"]);
+    assert_eq!(md.list_tags(r("x"), None, 100).await.unwrap().unwrap(), ["a-b", "a.b", "a0", "aB", "a_b", "ab"]);
+    assert_eq!(md.list_tags(r("x"), Some("a0"), 2).await.unwrap().unwrap(), vec!["aB", "a_b"]);
+}
+
+/// A row that does not parse fails the read that meets it, naming the row:
+/// it is never skipped while its storage stays.
+async fn rows_that_do_not_parse_are_errors_naming_their_key(md: Metadata) {
+    md.link_blob(r("r"), d(D1), 1).await.unwrap();
+    md.put_manifest(&manifest("r", M1, vec![D1], Some("v1"))).await.unwrap();
+    sqlx::query("UPDATE tags SET name = 'not a tag!'").execute(&md.write).await.unwrap();
+    let corrupt = |e: MetadataError, what: &str| match e {
+        MetadataError::Corrupt(m) => assert!(m.contains(what), "{m}"),
+        e => panic!("not a corrupt-row error: {e}"),
+    };
+    corrupt(md.list_tags(r("r"), None, 10).await.unwrap_err(), "not a tag!");
+    corrupt(md.repository_graph(r("r")).await.unwrap_err(), "not a tag!");
+    sqlx::query("UPDATE manifests SET size = -5").execute(&md.write).await.unwrap();
+    corrupt(md.get_manifest(r("r"), d(M1)).await.unwrap_err(), M1);
+    sqlx::query("UPDATE repositories SET name = 'Upper/Case'").execute(&md.write).await.unwrap();
+    corrupt(md.list_repositories(None, 10).await.unwrap_err(), "Upper/Case");
+    corrupt(md.all_repositories().await.unwrap_err(), "Upper/Case");
 }
 
 async fn metadata_keys_are_set_and_replaced(md: Metadata) {

@@ -3,13 +3,16 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{now_millis, Metadata, Result};
+use berth_types::RepoName;
+use uuid::Uuid;
+
+use crate::{now_millis, typed, Metadata, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadRow {
-    pub id: String,
-    pub repository: String,
-    pub size: i64,
+    pub id: Uuid,
+    pub repository: RepoName,
+    pub size: u64,
     pub hash_state: Vec<u8>,
     /// The storage driver's state of the unfinished upload data, if it keeps any.
     pub storage_state: Option<String>,
@@ -23,9 +26,9 @@ impl Metadata {
             "INSERT INTO uploads (id, repository, size, hash_state, storage_state, started_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(&u.id)
-        .bind(&u.repository)
-        .bind(u.size)
+        .bind(u.id.to_string())
+        .bind(u.repository.as_str())
+        .bind(typed::db_size(u.size)?)
         .bind(&u.hash_state)
         .bind(&u.storage_state)
         .bind(u.started_at)
@@ -36,10 +39,12 @@ impl Metadata {
     }
 
     pub(crate) fn upload_row(r: &AnyRow) -> Result<UploadRow> {
+        let id: String = r.try_get(0)?;
+        let repository: String = r.try_get(1)?;
         Ok(UploadRow {
-            id: r.try_get(0)?,
-            repository: r.try_get(1)?,
-            size: r.try_get(2)?,
+            id: typed::uuid("uploads", &id, &id)?,
+            repository: typed::repo("uploads", &id, &repository)?,
+            size: typed::size("uploads", &id, r.try_get(2)?)?,
             hash_state: r.try_get(3)?,
             storage_state: r.try_get(4)?,
             started_at: r.try_get(5)?,
@@ -47,12 +52,13 @@ impl Metadata {
         })
     }
 
-    pub async fn get_upload(&self, id: &str) -> Result<Option<UploadRow>> {
+    pub async fn get_upload(&self, id: &Uuid) -> Result<Option<UploadRow>> {
+        let id = id.to_string();
         // Read through the upload connection so a status request sees the latest chunk.
         let row = sqlx::query(
             "SELECT id, repository, size, hash_state, storage_state, started_at, updated_at FROM uploads WHERE id = $1",
         )
-        .bind(id)
+        .bind(&id)
         .fetch_optional(&self.uploads)
         .await?;
         row.as_ref().map(Self::upload_row).transpose()
@@ -62,12 +68,13 @@ impl Metadata {
     /// upload is gone or was advanced by someone else meanwhile.
     pub async fn advance_upload(
         &self,
-        id: &str,
-        from_size: i64,
-        size: i64,
+        id: &Uuid,
+        from_size: u64,
+        size: u64,
         hash_state: &[u8],
         storage_state: Option<&str>,
     ) -> Result<bool> {
+        let (id, from_size, size) = (id.to_string(), typed::db_size(from_size)?, typed::db_size(size)?);
         let r = sqlx::query(
             "UPDATE uploads SET size = $1, hash_state = $2, storage_state = $3, updated_at = $4 WHERE id = $5 AND size = $6",
         )
@@ -75,15 +82,15 @@ impl Metadata {
         .bind(hash_state)
         .bind(storage_state)
         .bind(now_millis())
-        .bind(id)
+        .bind(&id)
         .bind(from_size)
         .execute(&self.uploads)
         .await?;
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn delete_upload(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&self.uploads).await?;
+    pub async fn delete_upload(&self, id: &Uuid) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id.to_string()).execute(&self.uploads).await?;
         Ok(r.rows_affected() > 0)
     }
 

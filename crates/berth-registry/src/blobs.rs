@@ -16,8 +16,8 @@ pub struct BlobInfo {
 impl Registry {
     /// Size of a blob readable in `repo`.
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobInfo> {
-        let size = self.inner.meta.repository_blob_size(repo.as_str(), digest.as_str()).await?;
-        let info = size.map(|s| BlobInfo { size: s as u64 }).ok_or(RegistryError::BlobUnknown)?;
+        let size = self.inner.meta.repository_blob_size(repo, digest).await?;
+        let info = size.map(|size| BlobInfo { size }).ok_or(RegistryError::BlobUnknown)?;
         self.touch_on_read(digest).await;
         Ok(info)
     }
@@ -46,7 +46,7 @@ impl Registry {
 
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.check_delete()?;
-        if !self.inner.meta.unlink_blob(repo.as_str(), digest.as_str()).await? {
+        if !self.inner.meta.unlink_blob(repo, digest).await? {
             return Err(RegistryError::BlobUnknown);
         }
         ignore_missing(self.inner.storage.delete(&layout::layer_link(repo, digest)).await)?;
@@ -56,25 +56,23 @@ impl Registry {
     /// Links a blob readable in `from` into `repo`. None when `from` lacks it.
     pub async fn mount_blob(&self, repo: &RepoName, from: &RepoName, digest: &Digest) -> Result<Option<BlobInfo>> {
         self.check_writable()?;
-        let Some(size) = self.inner.meta.repository_blob_size(from.as_str(), digest.as_str()).await? else {
+        let Some(size) = self.inner.meta.repository_blob_size(from, digest).await? else {
             return Ok(None);
         };
-        self.check_quota(repo, digest, size as u64).await?;
+        self.check_quota(repo, digest, size).await?;
         // Linking also moves the blob's use time, so collection leaves it be;
         // if collection took it just now, there is nothing to mount.
-        if !self.inner.meta.link_existing(repo.as_str(), digest.as_str()).await? {
+        if !self.inner.meta.link_existing(repo, digest).await? {
             return Ok(None);
         }
         self.write_layer_link(repo, digest).await?;
-        Ok(Some(BlobInfo { size: size as u64 }))
+        Ok(Some(BlobInfo { size }))
     }
 
     /// Repositories (at most `limit`) holding a blob as a layer: where an
     /// automatic mount may take it from, once the caller's rights allow.
     pub async fn blob_sources(&self, digest: &Digest, limit: usize) -> Result<Vec<RepoName>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let names = self.inner.meta.repositories_with_blob(digest.as_str(), limit).await?;
-        Ok(names.iter().filter_map(|n| RepoName::parse(n).ok()).collect())
+        Ok(self.inner.meta.repositories_with_blob(digest, limit).await?)
     }
 
     pub(crate) async fn write_layer_link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {

@@ -25,7 +25,7 @@ pub enum RegistryError {
     #[error("manifest is larger than the 4 MiB limit")]
     ManifestTooLarge,
     #[error("manifest references a blob unknown to the repository: {0}")]
-    ManifestBlobUnknown(String),
+    ManifestBlobUnknown(berth_types::Digest),
     #[error("repository name not known to registry")]
     NameUnknown,
     #[error("the operation is unsupported: {0}")]

@@ -49,26 +49,30 @@ pub struct GcReport {
 /// Manifests of a repository that must stay: the tagged ones, their index
 /// children (at any depth), and, unless `drop_referrers`, every manifest
 /// whose subject stays.
-pub(crate) fn kept_manifests(g: &RepositoryGraph, tagged: &HashSet<String>, drop_referrers: bool) -> HashSet<String> {
-    let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
+pub(crate) fn kept_manifests<'g>(
+    g: &'g RepositoryGraph,
+    tagged: &HashSet<&'g Digest>,
+    drop_referrers: bool,
+) -> HashSet<&'g Digest> {
+    let mut children: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
     for (p, c) in &g.children {
-        children.entry(p.as_str()).or_default().push(c.as_str());
+        children.entry(p).or_default().push(c);
     }
-    let mut referrers: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut referrers: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
     for m in &g.manifests {
         if let Some(s) = &m.subject {
-            referrers.entry(s.as_str()).or_default().push(m.digest.as_str());
+            referrers.entry(s).or_default().push(&m.digest);
         }
     }
-    let mut kept: HashSet<String> = HashSet::new();
-    let mut todo: Vec<String> = tagged.iter().cloned().collect();
+    let mut kept: HashSet<&Digest> = HashSet::new();
+    let mut todo: Vec<&Digest> = tagged.iter().copied().collect();
     while let Some(d) = todo.pop() {
-        if !kept.insert(d.clone()) {
+        if !kept.insert(d) {
             continue;
         }
-        todo.extend(children.get(d.as_str()).into_iter().flatten().map(|c| c.to_string()));
+        todo.extend(children.get(d).into_iter().flatten().copied());
         if !drop_referrers {
-            todo.extend(referrers.get(d.as_str()).into_iter().flatten().map(|c| c.to_string()));
+            todo.extend(referrers.get(d).into_iter().flatten().copied());
         }
     }
     kept
@@ -90,12 +94,11 @@ impl Registry {
         let mut report = GcReport { dry_run: opts.dry_run, ..Default::default() };
         let cutoff = millis_before(now_millis(), opts.grace);
         // A dry run deletes no manifest, so it works out what their deletion would free.
-        let mut doomed: HashSet<(String, String)> = HashSet::new();
-        let mut freed_candidates: Vec<String> = Vec::new();
+        let mut doomed: HashSet<(RepoName, Digest)> = HashSet::new();
+        let mut freed_candidates: Vec<Digest> = Vec::new();
         if opts.delete_untagged {
             progress.phase("untagged manifests");
-            for name in self.inner.meta.all_repositories().await? {
-                let Ok(repo) = RepoName::parse(&name) else { continue };
+            for repo in self.inner.meta.all_repositories().await? {
                 let (deleted, held) = self.drop_untagged(&repo, cutoff, opts.delete_referrers, opts.dry_run).await?;
                 report.manifests_deleted += deleted.len();
                 report.held_back_manifests += held as u64;
@@ -104,45 +107,44 @@ impl Registry {
                         report.manifests.push(format!("{repo}@{d}"));
                     }
                     if opts.dry_run {
-                        freed_candidates.extend(self.inner.meta.manifest_references(repo.as_str(), &d).await?);
+                        freed_candidates.extend(self.inner.meta.manifest_references(&repo, &d).await?);
                         freed_candidates.push(d.clone());
-                        doomed.insert((repo.to_string(), d));
+                        doomed.insert((repo.clone(), d));
                     }
                 }
                 progress.advance(1);
             }
         }
         progress.phase("blobs");
-        let mut after = String::new();
+        let mut after: Option<Digest> = None;
         loop {
             let storage = self.inner.storage.clone();
             let victims = self
                 .inner
                 .meta
-                .sweep_blobs(cutoff, &after, SWEEP_BATCH, opts.dry_run, |victims| async move {
+                .sweep_blobs(cutoff, after.as_ref(), SWEEP_BATCH, opts.dry_run, |victims| async move {
                     // Recorded first, so that a crash between deleting content
                     // and committing the rows is finished by the next run.
                     let journal: String = victims.iter().map(|v| format!("{}\n", v.digest)).collect();
                     storage.put_content(&layout::gc_journal(), journal.into()).await.map_err(|e| e.to_string())?;
                     let mut paths = Vec::new();
                     for v in &victims {
-                        let Ok(digest) = Digest::parse(&v.digest) else { continue };
-                        for r in v.repositories.iter().filter_map(|r| RepoName::parse(r).ok()) {
-                            paths.extend(layout::layer_link(&r, &digest).parent());
+                        for r in &v.repositories {
+                            paths.extend(layout::layer_link(r, &v.digest).parent());
                         }
-                        paths.push(layout::blob_dir(&digest));
+                        paths.push(layout::blob_dir(&v.digest));
                     }
                     storage.delete_many(&paths).await.map_err(|e| e.to_string())
                 })
                 .await?;
             // Each batch overwrites the journal; the last one goes when the sweep ends.
             let Some(last) = victims.last() else { break };
-            after = last.digest.clone();
+            after = Some(last.digest.clone());
             for v in &victims {
                 report.blobs_deleted += 1;
-                report.bytes_freed += v.size.max(0) as u64;
+                report.bytes_freed += v.size;
                 if report.blobs.len() < REPORT_LIST {
-                    report.blobs.push(v.digest.clone());
+                    report.blobs.push(v.digest.to_string());
                 }
             }
             progress.advance(victims.len());
@@ -152,9 +154,9 @@ impl Registry {
             freed_candidates.dedup();
             for v in self.inner.meta.freed_without(cutoff, &doomed, &freed_candidates).await? {
                 report.blobs_deleted += 1;
-                report.bytes_freed += v.size.max(0) as u64;
+                report.bytes_freed += v.size;
                 if report.blobs.len() < REPORT_LIST {
-                    report.blobs.push(v.digest);
+                    report.blobs.push(v.digest.to_string());
                 }
             }
         }
@@ -192,8 +194,7 @@ impl Registry {
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),
             }
-            for r in self.inner.meta.forget_blob(digest.as_str()).await?.iter().filter_map(|r| RepoName::parse(r).ok())
-            {
+            for r in self.inner.meta.forget_blob(&digest).await? {
                 if let Some(dir) = layout::layer_link(&r, &digest).parent() {
                     ignore_missing(storage.delete(&dir).await)?;
                 }
@@ -217,20 +218,20 @@ impl Registry {
         cutoff: i64,
         drop_referrers: bool,
         dry_run: bool,
-    ) -> Result<(Vec<String>, usize)> {
+    ) -> Result<(Vec<Digest>, usize)> {
         let _lock = self.lock_repository(repo).await?;
-        let g = self.inner.meta.repository_graph(repo.as_str()).await?;
-        let tagged: HashSet<String> = g.tags.iter().map(|t| t.digest.clone()).collect();
+        let g = self.inner.meta.repository_graph(repo).await?;
+        let tagged: HashSet<&Digest> = g.tags.iter().map(|t| &t.digest).collect();
         let kept = kept_manifests(&g, &tagged, drop_referrers);
         let (victims, young): (Vec<&ManifestNode>, Vec<&ManifestNode>) =
             g.manifests.iter().filter(|m| !kept.contains(&m.digest)).partition(|m| m.created_at < cutoff);
-        let victims: Vec<String> = victims.into_iter().map(|m| m.digest.clone()).collect();
+        let victims: Vec<Digest> = victims.into_iter().map(|m| m.digest.clone()).collect();
         if dry_run || victims.is_empty() {
             return Ok((victims, young.len()));
         }
-        let deleted = self.inner.meta.delete_untagged(repo.as_str(), &victims).await?;
-        for d in deleted.iter().filter_map(|d| Digest::parse(d).ok()) {
-            ignore_missing(self.inner.storage.delete(&layout::revision_link(repo, &d)).await)?;
+        let deleted = self.inner.meta.delete_untagged(repo, &victims).await?;
+        for d in &deleted {
+            ignore_missing(self.inner.storage.delete(&layout::revision_link(repo, d)).await)?;
         }
         Ok((deleted, young.len()))
     }

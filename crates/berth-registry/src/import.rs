@@ -4,7 +4,7 @@
 
 use berth_metadata::{ImportedRepository, Metadata, NewManifest};
 use berth_storage::{layout, StorageDriver, StoragePath};
-use berth_types::{Digest, ManifestInfo, RepoName};
+use berth_types::{Digest, ManifestInfo, RepoName, Tag};
 use futures_util::StreamExt;
 
 use crate::error::Result;
@@ -111,42 +111,42 @@ const SCAN_CONCURRENCY: usize = 16;
 struct FoundManifest {
     digest: Digest,
     info: ManifestInfo,
-    size: i64,
+    size: u64,
     annotations: Option<String>,
 }
 
 /// What one repository's directories hold.
 struct Found {
     repo: RepoName,
-    blobs: Vec<(String, i64)>,
+    blobs: Vec<(Digest, u64)>,
     manifests: Vec<FoundManifest>,
-    tags: Vec<(String, String)>,
+    tags: Vec<(Tag, Digest)>,
     listed: bool,
 }
 
 impl Found {
     fn record(&self) -> ImportedRepository<'_> {
         ImportedRepository {
-            repository: self.repo.as_str(),
-            blobs: self.blobs.iter().map(|(d, s)| (d.as_str(), *s)).collect(),
+            repository: &self.repo,
+            blobs: self.blobs.iter().map(|(d, s)| (d, *s)).collect(),
             manifests: self
                 .manifests
                 .iter()
                 .map(|m| NewManifest {
-                    repository: self.repo.as_str(),
-                    digest: m.digest.as_str(),
+                    repository: &self.repo,
+                    digest: &m.digest,
                     media_type: &m.info.media_type,
                     size: m.size,
                     artifact_type: m.info.artifact_type.as_deref(),
-                    subject: m.info.subject.as_ref().map(|s| s.digest.as_str()),
+                    subject: m.info.subject.as_ref().map(|s| &s.digest),
                     annotations: m.annotations.clone(),
-                    blobs: m.info.required_blobs().map(|d| d.digest.as_str()).collect(),
-                    children: m.info.manifests.iter().map(|d| d.digest.as_str()).collect(),
+                    blobs: m.info.required_blobs().map(|d| &d.digest).collect(),
+                    children: m.info.manifests.iter().map(|d| &d.digest).collect(),
                     tag: None,
                     trust_references: true,
                 })
                 .collect(),
-            tags: self.tags.iter().map(|(t, d)| (t.as_str(), d.as_str())).collect(),
+            tags: self.tags.iter().map(|(t, d)| (t, d)).collect(),
             listed: self.listed,
         }
     }
@@ -158,7 +158,7 @@ async fn scan_repository(
     progress: &dyn ImportProgress,
     summary: &mut ImportSummary,
 ) -> Result<Found> {
-    let mut blobs: Vec<(String, i64)> = Vec::new();
+    let mut blobs: Vec<(Digest, u64)> = Vec::new();
     for hex in list_or_empty(storage, &layout::layers_dir(repo)).await? {
         let Some(link) = layout::layers_dir(repo).child(&hex).and_then(|d| d.child("link")) else { continue };
         let Some(digest) = read_link(storage, &link).await else {
@@ -167,7 +167,7 @@ async fn scan_repository(
             continue;
         };
         match storage.stat(&layout::blob_data(&digest)).await {
-            Ok(info) => blobs.push((digest.to_string(), info.size as i64)),
+            Ok(info) => blobs.push((digest, info.size)),
             Err(_) => {
                 summary.skipped += 1;
                 progress.skipped(digest.as_str(), "layer link to a missing blob");
@@ -199,7 +199,7 @@ async fn scan_repository(
         match ManifestInfo::parse(None, &content) {
             Ok(info) => {
                 let annotations = info.annotations.as_ref().and_then(|a| serde_json::to_string(a).ok());
-                manifests.push(FoundManifest { digest, info, size: content.len() as i64, annotations });
+                manifests.push(FoundManifest { digest, info, size: content.len() as u64, annotations });
             }
             Err(e) => {
                 summary.skipped += 1;
@@ -209,11 +209,19 @@ async fn scan_repository(
     }
 
     let listed = storage.stat(&layout::manifests_dir(repo)).await.is_ok();
-    let mut tags: Vec<(String, String)> = Vec::new();
+    let mut tags: Vec<(Tag, Digest)> = Vec::new();
     for tag in list_or_empty(storage, &layout::tags_dir(repo)).await? {
-        let Ok(t) = berth_types::Tag::parse(&tag) else { continue };
-        if let Some(d) = read_link(storage, &layout::tag_current_link(repo, &t)).await {
-            tags.push((tag, d.to_string()));
+        let Ok(t) = Tag::parse(&tag) else {
+            summary.skipped += 1;
+            progress.skipped(&format!("{repo}:{tag}"), "not a valid tag name");
+            continue;
+        };
+        match read_link(storage, &layout::tag_current_link(repo, &t)).await {
+            Some(d) => tags.push((t, d)),
+            None => {
+                summary.skipped += 1;
+                progress.skipped(&format!("{repo}:{t}"), "unreadable current link");
+            }
         }
     }
 

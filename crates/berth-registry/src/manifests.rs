@@ -3,7 +3,7 @@
 
 use berth_metadata::{BlobClaim, NewManifest, PutManifestOutcome};
 use berth_storage::layout;
-use berth_types::{Digest, ManifestInfo, Reference, RepoName, Tag, MAX_MANIFEST_SIZE};
+use berth_types::{Digest, ManifestInfo, Reference, RepoName, MAX_MANIFEST_SIZE};
 use bytes::Bytes;
 
 use crate::{ignore_missing, locks, Registry, RegistryError, Result};
@@ -30,12 +30,11 @@ pub struct PutManifestResult {
 impl Registry {
     pub(crate) async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestMeta> {
         let row = match reference {
-            Reference::Tag(t) => self.inner.meta.resolve_tag(repo.as_str(), t.as_str()).await?,
-            Reference::Digest(d) => self.inner.meta.get_manifest(repo.as_str(), d.as_str()).await?,
+            Reference::Tag(t) => self.inner.meta.resolve_tag(repo, t).await?,
+            Reference::Digest(d) => self.inner.meta.get_manifest(repo, d).await?,
         };
         let row = row.ok_or(RegistryError::ManifestUnknown)?;
-        let digest = Digest::parse(&row.digest).map_err(|e| RegistryError::Internal(format!("stored digest: {e}")))?;
-        Ok(ManifestMeta { digest, media_type: row.media_type, size: row.size as u64 })
+        Ok(ManifestMeta { digest: row.digest, media_type: row.media_type, size: row.size })
     }
 
     pub async fn stat_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestMeta> {
@@ -90,20 +89,20 @@ impl Registry {
             Reference::Tag(t) => Some(t),
             Reference::Digest(_) => None,
         };
-        let blobs: Vec<&str> = info.required_blobs().map(|d| d.digest.as_str()).collect();
-        let children: Vec<&str> = info.manifests.iter().map(|d| d.digest.as_str()).collect();
+        let blobs: Vec<&Digest> = info.required_blobs().map(|d| &d.digest).collect();
+        let children: Vec<&Digest> = info.manifests.iter().map(|d| &d.digest).collect();
         let annotations = info.annotations.as_ref().and_then(|a| serde_json::to_string(a).ok());
         let record = NewManifest {
-            repository: repo.as_str(),
-            digest: digest.as_str(),
+            repository: repo,
+            digest: &digest,
             media_type: &info.media_type,
-            size: content.len() as i64,
+            size: content.len() as u64,
             artifact_type: info.artifact_type.as_deref(),
-            subject: info.subject.as_ref().map(|s| s.digest.as_str()),
+            subject: info.subject.as_ref().map(|s| &s.digest),
             annotations,
             blobs,
             children,
-            tag: tag.map(Tag::as_str),
+            tag,
             trust_references: false,
         };
         // Fail fast, before writing anything, when references are missing.
@@ -113,7 +112,7 @@ impl Registry {
         let storage = &self.inner.storage;
         // The content is claimed like any blob, so collection cannot take it
         // between here and the metadata commit.
-        if self.inner.meta.claim_blob(digest.as_str(), content.len() as i64).await? == BlobClaim::Write {
+        if self.inner.meta.claim_blob(&digest, content.len() as u64).await? == BlobClaim::Write {
             storage.put_content(&layout::blob_data(&digest), content.clone()).await?;
         }
         // Links and rows of a repository change together, under its lock:
@@ -142,19 +141,19 @@ impl Registry {
         repo: &RepoName,
     ) -> Result<(locks::KeyGuard<RepoName>, berth_metadata::RepositoryLock)> {
         let local = self.inner.repo_locks.lock(repo.clone()).await;
-        let shared = self.inner.meta.lock_repository(repo.as_str()).await?;
+        let shared = self.inner.meta.lock_repository(repo).await?;
         Ok((local, shared))
     }
 
     pub(crate) async fn check_references(&self, repo: &RepoName, m: &NewManifest<'_>) -> Result<()> {
         for b in &m.blobs {
-            if self.inner.meta.repository_blob_size(repo.as_str(), b).await?.is_none() {
-                return Err(RegistryError::ManifestBlobUnknown((*b).to_owned()));
+            if self.inner.meta.repository_blob_size(repo, b).await?.is_none() {
+                return Err(RegistryError::ManifestBlobUnknown((*b).clone()));
             }
         }
         for c in &m.children {
-            if self.inner.meta.get_manifest(repo.as_str(), c).await?.is_none() {
-                return Err(RegistryError::ManifestBlobUnknown((*c).to_owned()));
+            if self.inner.meta.get_manifest(repo, c).await?.is_none() {
+                return Err(RegistryError::ManifestBlobUnknown((*c).clone()));
             }
         }
         Ok(())
@@ -168,17 +167,17 @@ impl Registry {
         let storage = &self.inner.storage;
         match reference {
             Reference::Tag(t) => {
-                if self.inner.meta.delete_tag(repo.as_str(), t.as_str()).await?.is_none() {
+                if self.inner.meta.delete_tag(repo, t).await?.is_none() {
                     return Err(RegistryError::ManifestUnknown);
                 }
                 ignore_missing(storage.delete(&layout::tag_dir(repo, t)).await)?;
             }
             Reference::Digest(d) => {
-                let Some(tags) = self.inner.meta.delete_manifest(repo.as_str(), d.as_str()).await? else {
+                let Some(tags) = self.inner.meta.delete_manifest(repo, d).await? else {
                     return Err(RegistryError::ManifestUnknown);
                 };
-                for t in tags.iter().filter_map(|t| Tag::parse(t).ok()) {
-                    ignore_missing(storage.delete(&layout::tag_dir(repo, &t)).await)?;
+                for t in &tags {
+                    ignore_missing(storage.delete(&layout::tag_dir(repo, t)).await)?;
                 }
                 ignore_missing(storage.delete(&layout::revision_link(repo, d)).await)?;
             }

@@ -12,7 +12,7 @@ use crate::{Registry, Result};
 /// Tag pulls noted but not yet written, by repository then tag.
 #[derive(Debug, Default)]
 pub(crate) struct PendingPulls {
-    by_repo: HashMap<String, HashMap<String, i64>>,
+    by_repo: HashMap<RepoName, HashMap<Tag, i64>>,
     len: usize,
 }
 
@@ -25,17 +25,17 @@ impl Registry {
     pub fn note_pull(&self, repo: &RepoName, tag: &Tag) {
         let now = now_millis();
         let mut p = self.inner.pulls.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = p.by_repo.get_mut(repo.as_str()).and_then(|tags| tags.get_mut(tag.as_str())) {
+        if let Some(at) = p.by_repo.get_mut(repo).and_then(|tags| tags.get_mut(tag)) {
             *at = now;
         } else if p.len < MAX_PENDING_PULLS {
-            p.by_repo.entry(repo.to_string()).or_default().insert(tag.to_string(), now);
+            p.by_repo.entry(repo.clone()).or_default().insert(tag.clone(), now);
             p.len += 1;
         }
     }
 
     /// Writes the pulls noted since the last call.
     pub async fn flush_pulls(&self) -> Result<()> {
-        let pulls: Vec<(String, String, i64)> = {
+        let pulls: Vec<(RepoName, Tag, i64)> = {
             let mut p = self.inner.pulls.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut *p)
                 .by_repo
@@ -68,7 +68,7 @@ impl Registry {
             }
         };
         if due {
-            if let Err(e) = self.inner.meta.touch_blob(digest.as_str()).await {
+            if let Err(e) = self.inner.meta.touch_blob(digest).await {
                 tracing::warn!(error = %e, "could not record a blob read");
             }
         }

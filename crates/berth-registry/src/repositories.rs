@@ -11,7 +11,7 @@ impl Registry {
     pub async fn delete_repository(&self, repo: &RepoName) -> Result<()> {
         self.check_delete()?;
         let _lock = self.lock_repository(repo).await?;
-        if !self.inner.meta.delete_repository(repo.as_str()).await? {
+        if !self.inner.meta.delete_repository(repo).await? {
             return Err(RegistryError::NameUnknown);
         }
         // Only Berth's own entries: a repository's directory may hold nested repositories.

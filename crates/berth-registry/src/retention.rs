@@ -9,7 +9,7 @@ use berth_metadata::{now_millis, ManifestNode, TagInfo};
 use berth_storage::layout;
 use berth_types::duration::millis_before;
 use berth_types::pattern::{glob, RepoPattern};
-use berth_types::{RepoName, Tag};
+use berth_types::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::gc::kept_manifests;
@@ -72,14 +72,13 @@ impl Registry {
         let mut report = RetentionReport { dry_run, ..Default::default() };
         let now = now_millis();
         progress.phase("retention");
-        for name in self.inner.meta.all_repositories().await? {
-            let Ok(repo) = RepoName::parse(&name) else { continue };
+        for repo in self.inner.meta.all_repositories().await? {
             let Some(policy) = policies.iter().find(|p| p.repositories.iter().any(|pat| pat.matches(&repo))) else {
                 continue;
             };
             let doomed = {
                 let _lock = self.lock_repository(&repo).await?;
-                let g = self.inner.meta.repository_graph(repo.as_str()).await?;
+                let g = self.inner.meta.repository_graph(&repo).await?;
                 let mut doomed = Vec::new();
                 for (t, keep) in policy.decide(&g.tags, now) {
                     match keep {
@@ -97,9 +96,9 @@ impl Registry {
                     }
                 }
                 if !dry_run {
-                    for t in doomed.iter().filter_map(|t| Tag::parse(t).ok()) {
-                        self.inner.meta.delete_tag(repo.as_str(), t.as_str()).await?;
-                        ignore_missing(self.inner.storage.delete(&layout::tag_dir(&repo, &t)).await)?;
+                    for t in &doomed {
+                        self.inner.meta.delete_tag(&repo, t).await?;
+                        ignore_missing(self.inner.storage.delete(&layout::tag_dir(&repo, t)).await)?;
                     }
                 }
                 doomed
@@ -109,9 +108,9 @@ impl Registry {
                 let cutoff = millis_before(now, grace);
                 let (dropped, held) = if dry_run {
                     // What would be untagged after the tag deletions above.
-                    let g = self.inner.meta.repository_graph(repo.as_str()).await?;
-                    let tagged: HashSet<String> =
-                        g.tags.iter().filter(|t| !doomed.contains(&t.name)).map(|t| t.digest.clone()).collect();
+                    let g = self.inner.meta.repository_graph(&repo).await?;
+                    let tagged: HashSet<&Digest> =
+                        g.tags.iter().filter(|t| !doomed.contains(&t.name)).map(|t| &t.digest).collect();
                     let kept = kept_manifests(&g, &tagged, false);
                     let (old, young): (Vec<&ManifestNode>, Vec<&ManifestNode>) =
                         g.manifests.iter().filter(|m| !kept.contains(&m.digest)).partition(|m| m.created_at < cutoff);
@@ -141,7 +140,7 @@ impl RetentionPolicy {
         sorted
             .into_iter()
             .map(|t| {
-                let keep = if self.keep_tags.iter().any(|p| glob(p, &t.name)) {
+                let keep = if self.keep_tags.iter().any(|p| glob(p, t.name.as_str())) {
                     Some(Keep::Pattern)
                 } else if newest < self.keep_last.unwrap_or(0) {
                     newest += 1;

@@ -165,7 +165,7 @@ async fn manifests_round_trip_byte_exact_and_need_their_blobs() {
     let m = image_manifest(&config, 2, &[(&missing, 13)]);
     let tag = Reference::parse("v1").unwrap();
     let err = e.reg.put_manifest(&repo, &tag, Some(berth_types::media::OCI_MANIFEST), m).await.unwrap_err();
-    assert!(matches!(err, RegistryError::ManifestBlobUnknown(ref d) if d == missing.as_str()), "{err:?}");
+    assert!(matches!(err, RegistryError::ManifestBlobUnknown(ref d) if *d == missing), "{err:?}");
     assert!(!e.dir.path().join("store/docker/registry/v2/repositories/app/_manifests").exists());
 
     let layer = push_blob(&e.reg, &repo, b"missing layer").await;
@@ -283,10 +283,10 @@ async fn listings_paginate() {
             e.reg.put_manifest(&repo, &Reference::parse(t).unwrap(), None, m).await.unwrap();
         }
     }
-    assert_eq!(e.reg.catalog(2, None).await.unwrap(), Page { items: vec!["a".into(), "b".into()], more: true });
-    assert_eq!(e.reg.catalog(2, Some("b")).await.unwrap(), Page { items: vec!["c".into()], more: false });
+    assert_eq!(e.reg.catalog(2, None).await.unwrap(), Page { items: vec![name("a"), name("b")], more: true });
+    assert_eq!(e.reg.catalog(2, Some("b")).await.unwrap(), Page { items: vec![name("c")], more: false });
     let t = e.reg.list_tags(&name("a"), Some(1), Some("t1")).await.unwrap();
-    assert_eq!(t, Page { items: vec!["t2".into()], more: true });
+    assert_eq!(t, Page { items: vec![Tag::parse("t2").unwrap()], more: true });
     assert!(matches!(e.reg.list_tags(&name("zzz"), None, None).await, Err(RegistryError::NameUnknown)));
 }
 
@@ -588,7 +588,7 @@ async fn retention_keeps_the_newest_and_protected_tags_and_dry_runs_change_nothi
 #[tokio::test]
 async fn quotas_refuse_what_would_exceed_and_count_shared_blobs_once() {
     let dir = tempfile::tempdir().unwrap();
-    let quotas = vec![Quota { namespace: "team".into(), limit: 100 }];
+    let quotas = vec![Quota { namespace: RepoName::parse("team").unwrap(), limit: 100 }];
     let reg = open_at(dir.path(), RegistryConfig { delete_enabled: true, quotas, ..Default::default() }).await;
     let (a, b) = (name("team/a"), name("team/b"));
     let sixty = [1u8; 60];
@@ -673,7 +673,7 @@ async fn retention_by_age_counts_pulls_as_use() {
     // A pull by tag is noted, and written with the next flush.
     e.reg.get_manifest(&repo, &Reference::parse("pulled").unwrap()).await.unwrap();
     e.reg.flush_pulls().await.unwrap();
-    let g = e.reg.metadata().repository_graph(repo.as_str()).await.unwrap();
+    let g = e.reg.metadata().repository_graph(&repo).await.unwrap();
     let pulled = g.tags.iter().find(|t| t.name == "pulled").unwrap();
     assert!(pulled.pulled_at > pulled.pushed_at, "{pulled:?}");
     assert_eq!(g.tags.iter().find(|t| t.name == "idle").unwrap().pulled_at, 0);

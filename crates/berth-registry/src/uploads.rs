@@ -28,8 +28,8 @@ impl Registry {
     }
 
     pub(crate) async fn upload_row(&self, repo: &RepoName, id: &Uuid) -> Result<UploadRow> {
-        match self.inner.meta.get_upload(&id.to_string()).await? {
-            Some(row) if row.repository == repo.as_str() => Ok(row),
+        match self.inner.meta.get_upload(id).await? {
+            Some(row) if row.repository == *repo => Ok(row),
             _ => Err(RegistryError::BlobUploadUnknown),
         }
     }
@@ -41,8 +41,8 @@ impl Registry {
         self.inner
             .meta
             .create_upload(&UploadRow {
-                id: id.to_string(),
-                repository: repo.as_str().to_owned(),
+                id,
+                repository: repo.clone(),
                 size: 0,
                 hash_state: Sha256State::new().to_bytes(),
                 storage_state: None,
@@ -55,7 +55,7 @@ impl Registry {
 
     pub async fn upload_status(&self, repo: &RepoName, id: &Uuid) -> Result<UploadStatus> {
         let row = self.upload_row(repo, id).await?;
-        Ok(UploadStatus { id: *id, size: row.size as u64 })
+        Ok(UploadStatus { id: *id, size: row.size })
     }
 
     /// Checks a chunk's declared range against the upload's size and returns
@@ -91,7 +91,7 @@ impl Registry {
         self.check_writable()?;
         let _lock = self.lock_upload(*id).await;
         let row = self.upload_row(repo, id).await?;
-        let size = row.size as u64;
+        let size = row.size;
         let limit = Self::chunk_limit(size, range, content_length)?;
         // Refused before a byte is read when the upload would go over quota.
         if let Some(l) = limit {
@@ -110,7 +110,7 @@ impl Registry {
         let advanced = self
             .inner
             .meta
-            .advance_upload(&row.id, row.size, new_size as i64, &out.state.to_bytes(), out.storage_state.as_deref())
+            .advance_upload(&row.id, row.size, new_size, &out.state.to_bytes(), out.storage_state.as_deref())
             .await?;
         if !advanced {
             return Err(RegistryError::RangeInvalid { size });
@@ -163,7 +163,7 @@ impl Registry {
         self.check_writable()?;
         let _lock = self.lock_upload(*id).await;
         let row = self.upload_row(repo, id).await?;
-        let mut size = row.size as u64;
+        let mut size = row.size;
         let mut state = Sha256State::from_bytes(&row.hash_state)
             .map_err(|_| RegistryError::BlobUploadInvalid("corrupt upload state".into()))?;
         let has_body = content_length != Some(0) && body.is_some();
@@ -204,7 +204,7 @@ impl Registry {
         // and the row must say so, or a retry after a failure below would
         // continue the driver state the commit consumed.
         if row.storage_state.is_some() {
-            self.inner.meta.advance_upload(&row.id, row.size, size as i64, &state.to_bytes(), None).await?;
+            self.inner.meta.advance_upload(&row.id, row.size, size, &state.to_bytes(), None).await?;
         }
         let actual = state.finish();
         if actual != *digest {
@@ -231,17 +231,17 @@ impl Registry {
         digest: &Digest,
         size: u64,
     ) -> Result<()> {
-        match self.inner.meta.claim_blob(digest.as_str(), size as i64).await? {
+        match self.inner.meta.claim_blob(digest, size).await? {
             BlobClaim::Present => {
                 self.write_layer_link(repo, digest).await?;
-                if !self.inner.meta.link_existing(repo.as_str(), digest.as_str()).await? {
+                if !self.inner.meta.link_existing(repo, digest).await? {
                     return Err(RegistryError::Internal("blob vanished while being linked".into()));
                 }
             }
             BlobClaim::Write => {
                 self.inner.storage.rename(upload, &layout::blob_data(digest)).await?;
                 self.write_layer_link(repo, digest).await?;
-                self.inner.meta.finish_blob(repo.as_str(), digest.as_str()).await?;
+                self.inner.meta.finish_blob(repo, digest).await?;
             }
         }
         Ok(())
@@ -250,7 +250,7 @@ impl Registry {
     /// Forgets an upload and deletes its data; `storage_state` is the driver's
     /// state of uncommitted data to release.
     pub(crate) async fn remove_upload(&self, repo: &RepoName, id: &Uuid, storage_state: Option<&str>) -> Result<()> {
-        self.inner.meta.delete_upload(&id.to_string()).await?;
+        self.inner.meta.delete_upload(id).await?;
         if let Some(st) = storage_state {
             if let Err(e) = self.inner.storage.abandon(&layout::upload_data(repo, id), st).await {
                 tracing::warn!(upload = %id, error = %e, "could not release the storage of an upload");
@@ -312,14 +312,10 @@ impl Registry {
             }
             let n = stale.len();
             for row in stale {
-                let (Ok(repo), Ok(id)) = (RepoName::parse(&row.repository), Uuid::parse_str(&row.id)) else {
-                    self.inner.meta.delete_upload(&row.id).await?;
-                    continue;
-                };
                 if dry_run {
-                    tracing::info!(upload = %id, repository = %repo, "would purge stale upload");
+                    tracing::info!(upload = %row.id, repository = %row.repository, "would purge stale upload");
                 } else {
-                    self.remove_upload(&repo, &id, row.storage_state.as_deref()).await?;
+                    self.remove_upload(&row.repository, &row.id, row.storage_state.as_deref()).await?;
                 }
                 purged += 1;
             }

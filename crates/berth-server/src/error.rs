@@ -111,7 +111,7 @@ impl From<RegistryError> for ApiError {
                 "MANIFEST_BLOB_UNKNOWN",
                 "manifest references a manifest or blob unknown to registry",
             )
-            .with_detail(d),
+            .with_detail(d.to_string()),
             E::NameUnknown => ApiError::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", msg),
             E::Unsupported(d) => ApiError::unsupported(d),
             E::ReadOnly => ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", msg),

@@ -66,6 +66,19 @@ impl Digest {
     }
 }
 
+/// Compares with the digest's text (`sha256:…`).
+impl PartialEq<str> for Digest {
+    fn eq(&self, other: &str) -> bool {
+        self.full == other
+    }
+}
+
+impl PartialEq<&str> for Digest {
+    fn eq(&self, other: &&str) -> bool {
+        self.full == *other
+    }
+}
+
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.full)

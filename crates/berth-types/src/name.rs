@@ -52,6 +52,12 @@ impl RepoName {
     pub fn namespace(&self) -> &str {
         self.0.split('/').next().unwrap_or(&self.0)
     }
+
+    /// Whether `other` is this name or lies below it (`team` holds
+    /// `team/app`, not `teamwork`).
+    pub fn contains(&self, other: &RepoName) -> bool {
+        other.0.strip_prefix(&self.0).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
 }
 
 /// One component: alphanumeric runs joined by exactly one `.`, one or two
@@ -80,6 +86,24 @@ fn valid_component(c: &str) -> bool {
     }
     true
 }
+
+/// Names compare with their text, as `String` does.
+macro_rules! eq_str {
+    ($t:ty) => {
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+eq_str!(RepoName);
+eq_str!(Tag);
 
 impl fmt::Display for RepoName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -202,6 +226,16 @@ impl fmt::Display for Reference {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_name_contains_itself_and_what_lies_below_it() {
+        let team = RepoName::parse("team").unwrap();
+        for (name, inside) in
+            [("team", true), ("team/app", true), ("team/a/b", true), ("teamwork", false), ("other/team", false)]
+        {
+            assert_eq!(team.contains(&RepoName::parse(name).unwrap()), inside, "{name}");
+        }
+    }
 
     #[test]
     fn repo_names_follow_the_spec_grammar() {

@@ -68,16 +68,16 @@ impl World {
         let held = [digest.to_owned()];
         self.hold(&held).await;
         loop {
-            match md.claim_blob(digest, 10).await.unwrap() {
+            match md.claim_blob(d(digest), 10).await.unwrap() {
                 BlobClaim::Present => {
-                    if md.link_existing(repo, digest).await.unwrap() {
+                    if md.link_existing(r(repo), d(digest)).await.unwrap() {
                         break;
                     }
                     // Collected between the claim and the link: claim again.
                 }
                 BlobClaim::Write => {
                     self.content.lock().unwrap().insert(digest.to_owned());
-                    md.finish_blob(repo, digest).await.unwrap();
+                    md.finish_blob(r(repo), d(digest)).await.unwrap();
                     break;
                 }
             }
@@ -96,16 +96,16 @@ impl World {
             if attempt > 0 {
                 self.hold(layers).await;
                 for l in layers {
-                    if !md.link_existing("r", l).await.unwrap() {
+                    if !md.link_existing(r("r"), d(l)).await.unwrap() {
                         self.upload(md, "r", l).await;
                     }
                 }
             }
-            if md.claim_blob(&digest, 100).await.unwrap() == BlobClaim::Write {
+            if md.claim_blob(d(&digest), 100).await.unwrap() == BlobClaim::Write {
                 self.content.lock().unwrap().insert(digest.clone());
             }
             let record = NewManifest {
-                blobs: layers.iter().map(String::as_str).collect(),
+                blobs: layers.iter().map(|l| d(l)).collect(),
                 ..manifest("r", &digest, vec![], Some(&tag))
             };
             let outcome = md.put_manifest(&record).await.unwrap();
@@ -176,21 +176,21 @@ async fn pushes_racing_collection_never_leave_a_manifest_without_its_blobs() {
         .map(|md| {
             let (content, stop, collected) = (world.content.clone(), stop.clone(), collected.clone());
             tokio::spawn(async move {
-                let mut after = String::new();
+                let mut after: Option<Digest> = None;
                 while !stop.load(Ordering::Relaxed) {
                     let content = content.clone();
                     let victims = md
-                        .sweep_blobs(now_millis() - 5_000, &after, 4, false, |victims| async move {
+                        .sweep_blobs(now_millis() - 5_000, after.as_ref(), 4, false, |victims| async move {
                             let mut c = content.lock().unwrap();
                             for v in &victims {
-                                c.remove(&v.digest);
+                                c.remove(v.digest.as_str());
                             }
                             Ok(())
                         })
                         .await
                         .unwrap();
                     collected.fetch_add(victims.len(), Ordering::Relaxed);
-                    after = victims.last().map(|v| v.digest.clone()).unwrap_or_default();
+                    after = victims.last().map(|v| v.digest.clone());
                 }
             })
         })
@@ -211,22 +211,22 @@ async fn pushes_racing_collection_never_leave_a_manifest_without_its_blobs() {
                     match next(12) {
                         0 => {
                             // A mount into another repository; false if collection took it.
-                            md.link_existing("other", &layer(next(LAYERS))).await.unwrap();
+                            md.link_existing(r("other"), d(&layer(next(LAYERS)))).await.unwrap();
                         }
                         1 => world.upload(md, "r", &layer(next(LAYERS))).await,
                         2 => {
                             // Another tag to a manifest, if it is there.
                             let m = next(MANIFESTS);
-                            md.set_tag("r", &format!("x{m}"), &manifest_digest(m)).await.unwrap();
+                            md.set_tag(r("r"), t(&format!("x{m}")), d(&manifest_digest(m))).await.unwrap();
                         }
                         3 => {
                             // Retention: untagged manifests go, tagged ones stay.
                             let m = manifest_digest(next(MANIFESTS));
-                            md.delete_untagged("r", std::slice::from_ref(&m)).await.unwrap();
+                            md.delete_untagged(r("r"), std::slice::from_ref(d(&m))).await.unwrap();
                         }
                         4..=6 => {
                             let m = next(MANIFESTS);
-                            if md.delete_manifest("r", &manifest_digest(m)).await.unwrap().is_some() {
+                            if md.delete_manifest(r("r"), d(&manifest_digest(m))).await.unwrap().is_some() {
                                 world.deleted.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -294,14 +294,14 @@ async fn writes_wait_for_a_collection_batch_and_then_see_the_blob_gone() {
     let Some(db) = db::postgres(name).await else { return };
     let (other, _) = Metadata::open_postgres(db.url.as_deref().unwrap(), 4).await.unwrap();
     let (collector, _) = Metadata::open_postgres(db.url.as_deref().unwrap(), 2).await.unwrap();
-    for d in [D1, D2] {
-        db.md.link_blob("r", d, 1).await.unwrap();
+    for x in [D1, D2] {
+        db.md.link_blob(r("r"), d(x), 1).await.unwrap();
     }
     let (entered_tx, entered) = tokio::sync::oneshot::channel();
     let (release, released) = tokio::sync::oneshot::channel::<()>();
     let gc = tokio::spawn(async move {
         collector
-            .sweep_blobs(now_millis() + 60_000, "", 10, false, |victims| async move {
+            .sweep_blobs(now_millis() + 60_000, None, 10, false, |victims| async move {
                 let _ = entered_tx.send(victims.len());
                 released.await.map_err(|e| e.to_string())
             })
@@ -315,11 +315,11 @@ async fn writes_wait_for_a_collection_batch_and_then_see_the_blob_gone() {
     };
     let claim = {
         let other = other.clone();
-        tokio::spawn(async move { other.claim_blob(D2, 1).await })
+        tokio::spawn(async move { other.claim_blob(d(D2), 1).await })
     };
     let link = {
         let other = other.clone();
-        tokio::spawn(async move { other.link_existing("s", D1).await })
+        tokio::spawn(async move { other.link_existing(r("s"), d(D1)).await })
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!push.is_finished(), "the push waits for the batch instead of referencing a blob being deleted");
@@ -327,10 +327,10 @@ async fn writes_wait_for_a_collection_batch_and_then_see_the_blob_gone() {
     assert!(!link.is_finished(), "the link waits for the batch");
     release.send(()).unwrap();
     assert_eq!(gc.await.unwrap().unwrap().len(), 2);
-    assert_eq!(push.await.unwrap().unwrap(), PutManifestOutcome::MissingBlob(D1.into()));
+    assert_eq!(push.await.unwrap().unwrap(), PutManifestOutcome::MissingBlob(d(D1).clone()));
     assert_eq!(claim.await.unwrap().unwrap(), BlobClaim::Write, "the content must be written again");
     assert!(!link.await.unwrap().unwrap());
-    assert_eq!(other.get_manifest("r", M1).await.unwrap(), None);
+    assert_eq!(other.get_manifest(r("r"), d(M1)).await.unwrap(), None);
     other.close().await;
 }
 
@@ -340,12 +340,12 @@ async fn writes_wait_for_a_collection_batch_and_then_see_the_blob_gone() {
 async fn repository_locks_hold_across_instances() {
     let Some(db) = db::postgres("repository_locks_hold_across_instances").await else { return };
     let (other, _) = Metadata::open_postgres(db.url.as_deref().unwrap(), 4).await.unwrap();
-    let held = db.md.lock_repository("team/app").await.unwrap();
+    let held = db.md.lock_repository(r("team/app")).await.unwrap();
     let waiting = {
         let other = other.clone();
-        tokio::spawn(async move { other.lock_repository("team/app").await.map(|_| ()) })
+        tokio::spawn(async move { other.lock_repository(r("team/app")).await.map(|_| ()) })
     };
-    let elsewhere = other.lock_repository("team/other").await.unwrap();
+    let elsewhere = other.lock_repository(r("team/other")).await.unwrap();
     drop(elsewhere);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "a second instance locked a repository another holds");

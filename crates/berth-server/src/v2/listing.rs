@@ -44,34 +44,32 @@ impl Ctx<'_> {
         let body = serde_json::to_vec(&json!({ "repositories": page.items })).unwrap_or_default();
         let mut r = json_response(StatusCode::OK, body.into(), None);
         if let (true, Some(last)) = (page.more, page.items.last()) {
-            set(r.headers_mut(), header::LINK, &Self::link_next("/v2/_catalog", n, last));
+            set(r.headers_mut(), header::LINK, &Self::link_next("/v2/_catalog", n, last.as_str()));
         }
         Ok(r)
     }
 
     /// A catalog page of repositories the caller may pull from.
-    pub(crate) async fn visible_catalog(&self, n: u64) -> Result<berth_registry::Page, ApiError> {
+    pub(crate) async fn visible_catalog(&self, n: u64) -> Result<berth_registry::Page<RepoName>, ApiError> {
         let Some(grant) = &self.grant else { return Ok(self.registry().catalog(n, self.last()).await?) };
         let mut items = Vec::new();
         let mut last = self.last().map(str::to_owned);
         // Bounded: each round reads a page of the catalog, and stops at its end.
         loop {
             let page = self.registry().catalog(n.max(100), last.as_deref()).await?;
-            for name in &page.items {
-                if let Ok(repo) = RepoName::parse(name) {
-                    if grant.may_pull(&repo).await {
-                        items.push(name.clone());
-                        if items.len() as u64 > n {
-                            items.truncate(n as usize);
-                            return Ok(berth_registry::Page { items, more: true });
-                        }
+            for repo in &page.items {
+                if grant.may_pull(repo).await {
+                    items.push(repo.clone());
+                    if items.len() as u64 > n {
+                        items.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+                        return Ok(berth_registry::Page { items, more: true });
                     }
                 }
             }
             if !page.more {
                 return Ok(berth_registry::Page { items, more: false });
             }
-            last = page.items.last().cloned();
+            last = page.items.last().map(|r| r.to_string());
         }
     }
 
@@ -81,7 +79,7 @@ impl Ctx<'_> {
         let body = serde_json::to_vec(&json!({ "name": name.as_str(), "tags": page.items })).unwrap_or_default();
         let mut r = json_response(StatusCode::OK, body.into(), None);
         if let (true, Some(n), Some(last)) = (page.more, n, page.items.last()) {
-            set(r.headers_mut(), header::LINK, &Self::link_next(&format!("/v2/{name}/tags/list"), n, last));
+            set(r.headers_mut(), header::LINK, &Self::link_next(&format!("/v2/{name}/tags/list"), n, last.as_str()));
         }
         Ok(r)
     }

@@ -29,8 +29,8 @@ impl Config {
                     _ => bail!("quotas[{i}].limit: a size such as 10GiB"),
                 };
                 let ns = q.namespace.trim_matches('/');
-                berth_types::RepoName::parse(ns).map_err(|e| anyhow!("quotas[{i}].namespace: {e}"))?;
-                Ok(berth_registry::quota::Quota { namespace: ns.to_owned(), limit })
+                let namespace = berth_types::RepoName::parse(ns).map_err(|e| anyhow!("quotas[{i}].namespace: {e}"))?;
+                Ok(berth_registry::quota::Quota { namespace, limit })
             })
             .collect()
     }
