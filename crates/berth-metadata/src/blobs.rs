@@ -4,9 +4,9 @@ use sqlx::{Any, Transaction};
 
 use berth_types::{Digest, RepoName};
 
-use crate::{now_millis, typed, Metadata, MetadataError, Result};
+use crate::{now_millis, typed, Metadata, MetadataError, Result, WriteTx};
 
-/// The outcome of [`Metadata::claim_blob`].
+/// The outcome of [`WriteTx::claim_blob`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlobClaim {
     Present,
@@ -63,78 +63,26 @@ impl Metadata {
         size.map(|v| typed::size("blobs", digest, v)).transpose()
     }
 
-    /// Starts committing a blob. `Present` means the content is already in
-    /// storage (and stays: its use time was just moved); `Write` means the
-    /// caller must put the content in place, then call [`Metadata::finish_blob`].
-    ///
-    /// One statement, so claims race safely between instances: a present blob
-    /// keeps its state and has its use time moved; a new one is inserted, and
-    /// one still committing gets a new lease, both as `committing`. A claim
-    /// that meets a collection deleting the row waits for it, then inserts.
+    /// [`WriteTx::claim_blob`] in a transaction of its own.
     pub async fn claim_blob(&self, digest: &Digest, size: u64) -> Result<BlobClaim> {
-        let (digest, size) = (digest.as_str(), typed::db_size(size)?);
-        let now = now_millis();
-        let state: i64 = sqlx::query_scalar(
-            "INSERT INTO blobs (digest, size, created_at, state, lease_until, last_used) VALUES ($1, $2, $3, 1, $4, $3) \
-             ON CONFLICT (digest) DO UPDATE SET last_used = excluded.last_used, \
-               lease_until = CASE WHEN blobs.state = 0 THEN blobs.lease_until ELSE excluded.lease_until END \
-             RETURNING state",
-        )
-        .bind(digest)
-        .bind(size)
-        .bind(now)
-        .bind(now + COMMIT_LEASE_MS)
-        .fetch_one(&self.write)
-        .await?;
-        Ok(if state == 0 { BlobClaim::Present } else { BlobClaim::Write })
+        let mut tx = self.write_tx().await?;
+        let claim = tx.claim_blob(digest, size).await?;
+        tx.commit().await?;
+        Ok(claim)
     }
 
-    /// Marks a claimed blob's content as in place and links it into `repo`.
-    /// Fails if collection took the row meanwhile (the commit outlived its
-    /// lease), as the content may have gone with it.
+    /// [`WriteTx::finish_blob`] in a transaction of its own.
     pub async fn finish_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        let (repo, digest) = (repo.as_str(), digest.as_str());
-        let mut tx = self.begin(&self.write).await?;
-        let now = now_millis();
-        let found = sqlx::query("UPDATE blobs SET state = 0, lease_until = 0, last_used = $2 WHERE digest = $1")
-            .bind(digest)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if found == 0 {
-            return Err(MetadataError::Corrupt(format!(
-                "blob {digest} was collected before its commit finished (lease ran out)"
-            )));
-        }
-        let repo_id = Self::ensure_repository(self.backend, &mut tx, repo).await?;
-        Self::insert_link(&mut tx, repo_id, digest, now).await?;
-        tx.commit().await?;
-        self.cache.invalidate(repo);
-        Ok(())
+        let mut tx = self.write_tx().await?;
+        tx.finish_blob(repo, digest).await?;
+        tx.commit().await
     }
 
-    /// Links a blob whose content is present into `repo`, moving its use
-    /// time. False when the blob is not (or no longer) present.
+    /// [`WriteTx::link_existing`] in a transaction of its own.
     pub async fn link_existing(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        let (repo, digest) = (repo.as_str(), digest.as_str());
-        let mut tx = self.begin(&self.write).await?;
-        let now = now_millis();
-        let present = sqlx::query("UPDATE blobs SET last_used = $2 WHERE digest = $1 AND state = 0")
-            .bind(digest)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-        if present {
-            let repo_id = Self::ensure_repository(self.backend, &mut tx, repo).await?;
-            Self::insert_link(&mut tx, repo_id, digest, now).await?;
-        }
+        let mut tx = self.write_tx().await?;
+        let present = tx.link_existing(repo, digest).await?;
         tx.commit().await?;
-        if present {
-            self.cache.invalidate(repo);
-        }
         Ok(present)
     }
 
@@ -184,5 +132,76 @@ impl Metadata {
         .await?;
         self.cache.invalidate(repo);
         Ok(r.rows_affected() > 0)
+    }
+}
+
+impl WriteTx {
+    /// Starts committing a blob. `Present` means the content is already in
+    /// storage (and stays: its use time was just moved); `Write` means the
+    /// caller must put the content in place, then call [`WriteTx::finish_blob`].
+    ///
+    /// One statement, so claims race safely between instances: a present blob
+    /// keeps its state and has its use time moved; a new one is inserted, and
+    /// one still committing gets a new lease, both as `committing`. A claim
+    /// that meets a collection deleting the row waits for it, then inserts.
+    pub async fn claim_blob(&mut self, digest: &Digest, size: u64) -> Result<BlobClaim> {
+        let (digest, size) = (digest.as_str(), typed::db_size(size)?);
+        let now = now_millis();
+        let state: i64 = sqlx::query_scalar(
+            "INSERT INTO blobs (digest, size, created_at, state, lease_until, last_used) VALUES ($1, $2, $3, 1, $4, $3) \
+             ON CONFLICT (digest) DO UPDATE SET last_used = excluded.last_used, \
+               lease_until = CASE WHEN blobs.state = 0 THEN blobs.lease_until ELSE excluded.lease_until END \
+             RETURNING state",
+        )
+        .bind(digest)
+        .bind(size)
+        .bind(now)
+        .bind(now + COMMIT_LEASE_MS)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(if state == 0 { BlobClaim::Present } else { BlobClaim::Write })
+    }
+
+    /// Marks a claimed blob's content as in place and links it into `repo`.
+    /// Fails if collection took the row meanwhile (the commit outlived its
+    /// lease), as the content may have gone with it.
+    pub async fn finish_blob(&mut self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
+        let now = now_millis();
+        let found = sqlx::query("UPDATE blobs SET state = 0, lease_until = 0, last_used = $2 WHERE digest = $1")
+            .bind(digest)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        if found == 0 {
+            return Err(MetadataError::Corrupt(format!(
+                "blob {digest} was collected before its commit finished (lease ran out)"
+            )));
+        }
+        let repo_id = Metadata::ensure_repository(self.backend, &mut self.tx, repo).await?;
+        Metadata::insert_link(&mut self.tx, repo_id, digest, now).await?;
+        self.touch(repo);
+        Ok(())
+    }
+
+    /// Links a blob whose content is present into `repo`, moving its use
+    /// time. False when the blob is not (or no longer) present.
+    pub async fn link_existing(&mut self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
+        let now = now_millis();
+        let present = sqlx::query("UPDATE blobs SET last_used = $2 WHERE digest = $1 AND state = 0")
+            .bind(digest)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if present {
+            let repo_id = Metadata::ensure_repository(self.backend, &mut self.tx, repo).await?;
+            Metadata::insert_link(&mut self.tx, repo_id, digest, now).await?;
+            self.touch(repo);
+        }
+        Ok(present)
     }
 }

@@ -45,12 +45,14 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_initial.sql")),
     (2, include_str!("../migrations/sqlite/0002_lifecycle.sql")),
     (3, include_str!("../migrations/sqlite/0003_storage_state.sql")),
+    (4, include_str!("../migrations/sqlite/0004_queue.sql")),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_initial.sql")),
     (2, include_str!("../migrations/postgres/0002_lifecycle.sql")),
     (3, include_str!("../migrations/postgres/0003_storage_state.sql")),
+    (4, include_str!("../migrations/postgres/0004_queue.sql")),
 ];
 
 /// The advisory lock instances take while migrating a shared PostgreSQL
@@ -124,7 +126,7 @@ impl Metadata {
     /// (`BEGIN IMMEDIATE`): a deferred transaction that read first could not
     /// upgrade after the other writing connection committed (SQLITE_BUSY_SNAPSHOT).
     /// PostgreSQL transactions are READ COMMITTED and lock the rows they rely on.
-    pub(crate) async fn begin<'p>(&self, pool: &'p AnyPool) -> Result<Transaction<'p, Any>> {
+    pub(crate) async fn begin(&self, pool: &AnyPool) -> Result<Transaction<'static, Any>> {
         Ok(match self.backend {
             Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => pool.begin().await?,
@@ -185,11 +187,4 @@ pub(crate) async fn migrate(conn: &mut sqlx::AnyConnection, migrations: &[(i64, 
         tracing::info!(version, "applied metadata migration");
     }
     Ok(created)
-}
-
-/// Whether an error is a foreign key violation: on PostgreSQL, the row a
-/// write referred to was deleted by another transaction meanwhile.
-#[cfg(test)]
-pub(crate) fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::ForeignKeyViolation)
 }

@@ -2,13 +2,12 @@
 //! batches; what a dry run would free; what a crash cut short.
 
 use std::collections::HashSet;
-use std::future::Future;
 
 use sqlx::Row;
 
 use berth_types::{Digest, RepoName};
 
-use crate::{locking, now_millis, typed, Backend, Metadata, Result};
+use crate::{locking, now_millis, typed, Backend, Metadata, Result, WriteTx};
 
 /// A blob garbage collection takes: nothing references it, and it has been
 /// idle past the grace period (or its commit lease ran out).
@@ -20,11 +19,13 @@ pub struct GcVictim {
     pub repositories: Vec<RepoName>,
 }
 
-impl Metadata {
+impl WriteTx {
     /// Finds up to `limit` collectable blobs after `after` (in digest order)
-    /// and, unless `dry_run`, deletes their rows and — inside the same
-    /// transaction, so no writer can claim a blob in between — calls `delete`
-    /// to remove their content. If `delete` fails nothing is committed.
+    /// and, unless `dry_run`, deletes their rows in this transaction. The
+    /// caller then deletes their content through the storage driver and
+    /// commits; until the commit no writer can claim, link or reference
+    /// them, and if deleting content fails, dropping the transaction keeps
+    /// every row. An empty result means the sweep is done.
     ///
     /// On PostgreSQL the candidates are locked (`FOR UPDATE`, skipping rows
     /// another transaction holds: those are in use) and each DELETE checks
@@ -32,20 +33,14 @@ impl Metadata {
     /// reference a blob, or a claim that moved its use time, after the
     /// candidates were read keeps it. A claim, link or manifest push that
     /// comes later waits for this batch and then finds the blob gone.
-    pub async fn sweep_blobs<F, Fut>(
-        &self,
+    pub async fn sweep_blobs(
+        &mut self,
         cutoff: i64,
         after: Option<&Digest>,
         limit: i64,
         dry_run: bool,
-        delete: F,
-    ) -> Result<Vec<GcVictim>>
-    where
-        F: FnOnce(Vec<GcVictim>) -> Fut,
-        Fut: Future<Output = std::result::Result<(), String>>,
-    {
+    ) -> Result<Vec<GcVictim>> {
         let now = now_millis();
-        let mut tx = self.begin(&self.write).await?;
         let select = locking!(
             self.backend,
             "SELECT b.digest, b.size FROM blobs b WHERE b.digest > $1 \
@@ -56,12 +51,10 @@ impl Metadata {
             "FOR UPDATE OF b SKIP LOCKED"
         );
         let mut after = after.map(|d| d.as_str().to_owned()).unwrap_or_default();
-        let victims = loop {
-            let rows = sqlx::query(select).bind(&after).bind(cutoff).bind(now).bind(limit).fetch_all(&mut *tx).await?;
-            let Some(last) = rows.last() else {
-                tx.rollback().await?;
-                return Ok(Vec::new());
-            };
+        loop {
+            let rows =
+                sqlx::query(select).bind(&after).bind(cutoff).bind(now).bind(limit).fetch_all(&mut *self.tx).await?;
+            let Some(last) = rows.last() else { return Ok(Vec::new()) };
             after = last.try_get(0)?;
             let mut victims = Vec::with_capacity(rows.len());
             for r in &rows {
@@ -76,7 +69,7 @@ impl Metadata {
                     .bind(&digest)
                     .bind(cutoff)
                     .bind(now)
-                    .execute(&mut *tx)
+                    .execute(&mut *self.tx)
                     .await?
                     .rows_affected();
                     if n == 0 {
@@ -89,42 +82,32 @@ impl Metadata {
                      WHERE rb.digest = $1 ORDER BY r.name",
                 )
                 .bind(&digest)
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut *self.tx)
                 .await?;
                 if !dry_run {
                     sqlx::query("DELETE FROM repository_blobs WHERE digest = $1")
                         .bind(&digest)
-                        .execute(&mut *tx)
+                        .execute(&mut *self.tx)
                         .await?;
                 }
                 let (size, repositories) = (
                     typed::size("blobs", &digest, r.try_get(1)?)?,
                     typed::repos("repository_blobs", &digest, repositories)?,
                 );
+                for repo in &repositories {
+                    self.touch(repo.as_str());
+                }
                 victims.push(GcVictim { size, digest: typed::digest("blobs", &digest, &digest)?, repositories });
             }
-            if dry_run {
-                tx.rollback().await?;
+            // An empty batch would end the caller's sweep: look further instead.
+            if dry_run || !victims.is_empty() {
                 return Ok(victims);
             }
-            // An empty batch would end the caller's sweep: look further instead.
-            if !victims.is_empty() {
-                break victims;
-            }
-        };
-        if let Err(e) = delete(victims.clone()).await {
-            tx.rollback().await?;
-            return Err(crate::MetadataError::Corrupt(format!("deleting blob content failed: {e}")));
         }
-        tx.commit().await?;
-        for repo in victims.iter().flat_map(|v| v.repositories.iter()) {
-            self.cache.invalidate(repo.as_str());
-        }
-        Ok(victims)
     }
+}
 
-    /// How many blobs nothing references that the grace period keeps: used
-    /// since `cutoff`, or being committed under a lease that still runs.
+impl Metadata {
     pub async fn held_back_blobs(&self, cutoff: i64) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM blobs b WHERE NOT ((b.state = 0 AND b.last_used < $1) OR (b.state = 1 AND b.lease_until < $2)) \

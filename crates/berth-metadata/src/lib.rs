@@ -27,20 +27,22 @@ mod import;
 mod manifests;
 mod meta;
 mod pulls;
+mod queue;
 mod quotas;
 mod repositories;
 mod tags;
+mod tx;
 mod typed;
 mod uploads;
 
 pub use blobs::BlobClaim;
 use cache::{Cache, Kind};
-#[cfg(test)]
-use db::is_foreign_key_violation;
 pub use gc::GcVictim;
 pub use graph::{ManifestNode, RepositoryGraph, TagInfo};
 pub use import::ImportedRepository;
 pub use manifests::{ManifestRow, NewManifest, PutManifestOutcome, ReferrerRow};
+pub use queue::{Claimed, DeadItem, QueuePolicy, QueueStats, Retried};
+pub use tx::WriteTx;
 pub use uploads::UploadRow;
 
 #[derive(Debug, thiserror::Error)]

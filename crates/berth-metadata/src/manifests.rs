@@ -5,7 +5,7 @@ use sqlx::{Any, Row, Transaction};
 
 use berth_types::{Digest, RepoName, Tag};
 
-use crate::{locking, now_millis, typed, Backend, Kind, Metadata, MetadataError, Result, RACE_RETRIES};
+use crate::{locking, now_millis, typed, Backend, Kind, Metadata, MetadataError, Result, WriteTx, RACE_RETRIES};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestRow {
@@ -98,52 +98,15 @@ impl Metadata {
         Ok(row)
     }
 
-    /// Records a manifest, its references and optionally a tag, in one
-    /// transaction that first checks every referenced blob and child manifest
-    /// is present in the repository.
-    ///
-    /// On PostgreSQL the checked rows stay locked against deletion until the
-    /// commit (`FOR KEY SHARE`, the weakest lock that blocks a DELETE, so
-    /// uploads moving a blob's use time do not wait): a collection batch that
-    /// locked a blob first deletes it and this sees it gone; one that comes
-    /// later skips it or finds it referenced. Blobs are locked in digest
-    /// order, the order collection locks them in.
+    /// [`WriteTx::put_manifest`] in a transaction of its own, committed
+    /// only when the manifest is stored.
     pub async fn put_manifest(&self, m: &NewManifest<'_>) -> Result<PutManifestOutcome> {
-        let mut checked_blobs: Vec<&Digest> = if m.trust_references { vec![] } else { m.blobs.clone() };
-        let mut checked_children: Vec<&Digest> = if m.trust_references { vec![] } else { m.children.clone() };
-        checked_blobs.sort_unstable();
-        checked_blobs.dedup();
-        checked_children.sort_unstable();
-        checked_children.dedup();
-        let blob_sql = locking!(
-            self.backend,
-            "SELECT 1 FROM blobs b WHERE b.digest = $2 \
-             AND (EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = $1 AND rb.digest = $2) \
-               OR EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = $1 AND m.digest = $2))",
-            "FOR KEY SHARE OF b"
-        );
-        let child_sql =
-            locking!(self.backend, "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2", "FOR KEY SHARE");
-        let mut tx = self.begin(&self.write).await?;
-        let repo_id = Self::ensure_repository(self.backend, &mut tx, m.repository.as_str()).await?;
-        for b in checked_blobs {
-            let found: Option<i64> =
-                sqlx::query_scalar(blob_sql).bind(repo_id).bind(b.as_str()).fetch_optional(&mut *tx).await?;
-            if found.is_none() {
-                return Ok(PutManifestOutcome::MissingBlob(b.clone()));
-            }
+        let mut tx = self.write_tx().await?;
+        let outcome = tx.put_manifest(m).await?;
+        if outcome == PutManifestOutcome::Stored {
+            tx.commit().await?;
         }
-        for c in checked_children {
-            let found: Option<i64> =
-                sqlx::query_scalar(child_sql).bind(repo_id).bind(c.as_str()).fetch_optional(&mut *tx).await?;
-            if found.is_none() {
-                return Ok(PutManifestOutcome::MissingManifest(c.clone()));
-            }
-        }
-        Self::insert_manifest(self.backend, &mut tx, repo_id, m).await?;
-        tx.commit().await?;
-        self.cache.invalidate(m.repository.as_str());
-        Ok(PutManifestOutcome::Stored)
+        Ok(outcome)
     }
 
     pub(crate) async fn insert_manifest(
@@ -233,54 +196,12 @@ impl Metadata {
         Ok(())
     }
 
-    /// Deletes a manifest from a repository with the tags pointing at it.
-    /// Returns the removed tags, or None if the manifest was not there.
+    /// [`WriteTx::delete_manifest`] in a transaction of its own.
     pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Vec<Tag>>> {
-        let (repo, digest) = (repo.as_str(), digest.as_str());
-        let mut tx = self.begin(&self.write).await?;
-        let repo_id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
-            .bind(repo)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(repo_id) = repo_id else {
-            return Ok(None);
-        };
-        // The manifest first, then what refers to it: a push that tags it
-        // holds it (FOR KEY SHARE) and so finishes before this starts. If it
-        // is not there now, there is nothing to delete, whatever comes later.
-        let found: Option<i64> = sqlx::query_scalar(locking!(
-            self.backend,
-            "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2",
-            "FOR UPDATE"
-        ))
-        .bind(repo_id)
-        .bind(digest)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if found.is_none() {
-            return Ok(None);
-        }
-        let mut tags: Vec<String> =
-            sqlx::query_scalar("DELETE FROM tags WHERE repository_id = $1 AND digest = $2 RETURNING name")
-                .bind(repo_id)
-                .bind(digest)
-                .fetch_all(&mut *tx)
-                .await?;
-        tags.sort_unstable();
-        sqlx::query("DELETE FROM manifest_references WHERE repository_id = $1 AND parent = $2")
-            .bind(repo_id)
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?;
-        let n = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
-            .bind(repo_id)
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let mut tx = self.write_tx().await?;
+        let tags = tx.delete_manifest(repo, digest).await?;
         tx.commit().await?;
-        self.cache.invalidate(repo);
-        (n > 0).then(|| typed::tags("tags", digest, tags)).transpose()
+        Ok(tags)
     }
 
     /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
@@ -313,5 +234,102 @@ impl Metadata {
                 })
             })
             .collect()
+    }
+}
+
+impl WriteTx {
+    /// Records a manifest, its references and optionally a tag, in one
+    /// transaction that first checks every referenced blob and child manifest
+    /// is present in the repository. When something is missing, nothing
+    /// about the manifest is written; the caller should roll back.
+    ///
+    /// On PostgreSQL the checked rows stay locked against deletion until the
+    /// commit (`FOR KEY SHARE`, the weakest lock that blocks a DELETE, so
+    /// uploads moving a blob's use time do not wait): a collection batch that
+    /// locked a blob first deletes it and this sees it gone; one that comes
+    /// later skips it or finds it referenced. Blobs are locked in digest
+    /// order, the order collection locks them in.
+    pub async fn put_manifest(&mut self, m: &NewManifest<'_>) -> Result<PutManifestOutcome> {
+        let mut checked_blobs: Vec<&Digest> = if m.trust_references { vec![] } else { m.blobs.clone() };
+        let mut checked_children: Vec<&Digest> = if m.trust_references { vec![] } else { m.children.clone() };
+        checked_blobs.sort_unstable();
+        checked_blobs.dedup();
+        checked_children.sort_unstable();
+        checked_children.dedup();
+        let blob_sql = locking!(
+            self.backend,
+            "SELECT 1 FROM blobs b WHERE b.digest = $2 \
+             AND (EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = $1 AND rb.digest = $2) \
+               OR EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = $1 AND m.digest = $2))",
+            "FOR KEY SHARE OF b"
+        );
+        let child_sql =
+            locking!(self.backend, "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2", "FOR KEY SHARE");
+        let repo_id = Metadata::ensure_repository(self.backend, &mut self.tx, m.repository.as_str()).await?;
+        for b in checked_blobs {
+            let found: Option<i64> =
+                sqlx::query_scalar(blob_sql).bind(repo_id).bind(b.as_str()).fetch_optional(&mut *self.tx).await?;
+            if found.is_none() {
+                return Ok(PutManifestOutcome::MissingBlob(b.clone()));
+            }
+        }
+        for c in checked_children {
+            let found: Option<i64> =
+                sqlx::query_scalar(child_sql).bind(repo_id).bind(c.as_str()).fetch_optional(&mut *self.tx).await?;
+            if found.is_none() {
+                return Ok(PutManifestOutcome::MissingManifest(c.clone()));
+            }
+        }
+        Metadata::insert_manifest(self.backend, &mut self.tx, repo_id, m).await?;
+        self.touch(m.repository.as_str());
+        Ok(PutManifestOutcome::Stored)
+    }
+
+    /// Deletes a manifest from a repository with the tags pointing at it.
+    /// Returns the removed tags, or None if the manifest was not there.
+    pub async fn delete_manifest(&mut self, repo: &RepoName, digest: &Digest) -> Result<Option<Vec<Tag>>> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
+        let repo_id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        let Some(repo_id) = repo_id else {
+            return Ok(None);
+        };
+        // The manifest first, then what refers to it: a push that tags it
+        // holds it (FOR KEY SHARE) and so finishes before this starts. If it
+        // is not there now, there is nothing to delete, whatever comes later.
+        let found: Option<i64> = sqlx::query_scalar(locking!(
+            self.backend,
+            "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2",
+            "FOR UPDATE"
+        ))
+        .bind(repo_id)
+        .bind(digest)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        if found.is_none() {
+            return Ok(None);
+        }
+        let mut tags: Vec<String> =
+            sqlx::query_scalar("DELETE FROM tags WHERE repository_id = $1 AND digest = $2 RETURNING name")
+                .bind(repo_id)
+                .bind(digest)
+                .fetch_all(&mut *self.tx)
+                .await?;
+        tags.sort_unstable();
+        sqlx::query("DELETE FROM manifest_references WHERE repository_id = $1 AND parent = $2")
+            .bind(repo_id)
+            .bind(digest)
+            .execute(&mut *self.tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(digest)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        self.touch(repo);
+        (n > 0).then(|| typed::tags("tags", digest, tags)).transpose()
     }
 }

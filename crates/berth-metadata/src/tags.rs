@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use berth_types::{Digest, RepoName, Tag};
 
-use crate::{typed, Metadata, Result, MAX_CACHED_LIST};
+use crate::{locking, now_millis, typed, Backend, Metadata, Result, WriteTx, MAX_CACHED_LIST};
 
 /// The entries of a sorted list after `last`, at most `limit` of them.
 pub(crate) fn page_after(all: &[String], last: Option<&str>, limit: i64) -> Vec<String> {
@@ -16,45 +16,20 @@ pub(crate) fn page_after(all: &[String], last: Option<&str>, limit: i64) -> Vec<
 }
 
 impl Metadata {
-    /// Points a tag at a manifest already recorded in the repository.
-    #[cfg(test)]
+    /// [`WriteTx::set_tag`] in a transaction of its own.
     pub async fn set_tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<bool> {
-        let (repo, tag, digest) = (repo.as_str(), tag.as_str(), digest.as_str());
-        use crate::{is_foreign_key_violation, now_millis};
-        let r = sqlx::query(
-            "INSERT INTO tags (repository_id, name, digest, updated_at) \
-             SELECT r.id, $2, $3, $4 FROM repositories r JOIN manifests m ON m.repository_id = r.id AND m.digest = $3 \
-             WHERE r.name = $1 \
-             ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
-        )
-        .bind(repo)
-        .bind(tag)
-        .bind(digest)
-        .bind(now_millis())
-        .execute(&self.write)
-        .await;
-        self.cache.invalidate(repo);
-        match r {
-            Ok(r) => Ok(r.rows_affected() > 0),
-            // The manifest was deleted between the statement's read and its insert.
-            Err(e) if is_foreign_key_violation(&e) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        let mut tx = self.write_tx().await?;
+        let set = tx.set_tag(repo, tag, digest).await?;
+        tx.commit().await?;
+        Ok(set)
     }
 
-    /// Removes a tag. Returns the digest it pointed at, if it existed.
+    /// [`WriteTx::delete_tag`] in a transaction of its own.
     pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
-        let (repo, tag) = (repo.as_str(), tag.as_str());
-        let digest: Option<String> = sqlx::query_scalar(
-            "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1) \
-             RETURNING digest",
-        )
-        .bind(repo)
-        .bind(tag)
-        .fetch_optional(&self.write)
-        .await?;
-        self.cache.invalidate(repo);
-        digest.map(|d| typed::digest("tags", tag, &d)).transpose()
+        let mut tx = self.write_tx().await?;
+        let was = tx.delete_tag(repo, tag).await?;
+        tx.commit().await?;
+        Ok(was)
     }
 
     /// Tags of a repository in name order after `last`; None when the
@@ -114,5 +89,51 @@ impl Metadata {
         .bind(limit)
         .fetch_all(&self.read)
         .await?)
+    }
+}
+
+impl WriteTx {
+    /// Points a tag at a manifest already recorded in the repository. False
+    /// (and nothing written) when the manifest is not there. The manifest
+    /// stays locked against deletion until the commit (PostgreSQL).
+    pub async fn set_tag(&mut self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<bool> {
+        let row: Option<i64> = sqlx::query_scalar(locking!(
+            self.backend,
+            "SELECT m.repository_id FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.name = $1 AND m.digest = $2",
+            "FOR KEY SHARE OF m"
+        ))
+        .bind(repo.as_str())
+        .bind(digest.as_str())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(repo_id) = row else { return Ok(false) };
+        sqlx::query(
+            "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+        )
+        .bind(repo_id)
+        .bind(tag.as_str())
+        .bind(digest.as_str())
+        .bind(now_millis())
+        .execute(&mut *self.tx)
+        .await?;
+        self.touch(repo.as_str());
+        Ok(true)
+    }
+
+    /// Removes a tag. Returns the digest it pointed at, if it existed.
+    pub async fn delete_tag(&mut self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        let (repo, tag) = (repo.as_str(), tag.as_str());
+        let digest: Option<String> = sqlx::query_scalar(
+            "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1) \
+             RETURNING digest",
+        )
+        .bind(repo)
+        .bind(tag)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        self.touch(repo);
+        digest.map(|d| typed::digest("tags", tag, &d)).transpose()
     }
 }

@@ -34,6 +34,7 @@ macro_rules! on_both {
 }
 
 mod housekeeping;
+mod queue;
 mod race;
 
 on_both!(
@@ -131,7 +132,7 @@ async fn postgres_instances_starting_together_migrate_once() {
     let Some(db) = db::postgres("postgres_instances_starting_together_migrate_once").await else { return };
     // The fresh database is migrated already; drop the schema so that all start on an empty one.
     sqlx::raw_sql(
-        "DROP TABLE schema_migrations, berth_meta, uploads, tags, manifest_references, manifests, \
+        "DROP TABLE schema_migrations, queue, berth_meta, uploads, tags, manifest_references, manifests, \
          repository_blobs, blobs, repositories",
     )
     .execute(&db.md.write)

@@ -1,13 +1,13 @@
 //! Online garbage collection. Collection never needs the registry read-only: a blob is
 //! taken only when nothing references it and it has been idle past the grace period, in
-//! a metadata transaction no commit can interleave with (see `Metadata::sweep_blobs`);
+//! a metadata transaction no commit can interleave with (see `WriteTx::sweep_blobs`);
 //! untagged manifests are taken under their repository's lock, which pushes also hold.
 //! A journal in storage lets the next start finish a batch a crash cut short.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use berth_metadata::{now_millis, ManifestNode, RepositoryGraph};
+use berth_metadata::{now_millis, GcVictim, ManifestNode, RepositoryGraph};
 use berth_storage::layout;
 use berth_types::duration::millis_before;
 use berth_types::{Digest, RepoName};
@@ -118,25 +118,7 @@ impl Registry {
         progress.phase("blobs");
         let mut after: Option<Digest> = None;
         loop {
-            let storage = self.inner.storage.clone();
-            let victims = self
-                .inner
-                .meta
-                .sweep_blobs(cutoff, after.as_ref(), SWEEP_BATCH, opts.dry_run, |victims| async move {
-                    // Recorded first, so that a crash between deleting content
-                    // and committing the rows is finished by the next run.
-                    let journal: String = victims.iter().map(|v| format!("{}\n", v.digest)).collect();
-                    storage.put_content(&layout::gc_journal(), journal.into()).await.map_err(|e| e.to_string())?;
-                    let mut paths = Vec::new();
-                    for v in &victims {
-                        for r in &v.repositories {
-                            paths.extend(layout::layer_link(r, &v.digest).parent());
-                        }
-                        paths.push(layout::blob_dir(&v.digest));
-                    }
-                    storage.delete_many(&paths).await.map_err(|e| e.to_string())
-                })
-                .await?;
+            let victims = self.sweep_batch(cutoff, after.as_ref(), opts.dry_run).await?;
             // Each batch overwrites the journal; the last one goes when the sweep ends.
             let Some(last) = victims.last() else { break };
             after = Some(last.digest.clone());
@@ -174,6 +156,33 @@ impl Registry {
             "garbage collection done"
         );
         Ok(report)
+    }
+
+    /// One batch of the blob sweep: its rows deleted in a transaction that
+    /// stays open while the content goes, and commits only once it has; a
+    /// storage failure rolls the rows back and stops the collection.
+    async fn sweep_batch(&self, cutoff: i64, after: Option<&Digest>, dry_run: bool) -> Result<Vec<GcVictim>> {
+        let storage = &self.inner.storage;
+        let mut tx = self.inner.meta.write_tx().await?;
+        let victims = tx.sweep_blobs(cutoff, after, SWEEP_BATCH, dry_run).await?;
+        if dry_run || victims.is_empty() {
+            tx.rollback().await?;
+            return Ok(victims);
+        }
+        // Recorded first, so that a crash between deleting content and
+        // committing the rows is finished by the next run.
+        let journal: String = victims.iter().map(|v| format!("{}\n", v.digest)).collect();
+        storage.put_content(&layout::gc_journal(), journal.into()).await?;
+        let mut paths = Vec::new();
+        for v in &victims {
+            for r in &v.repositories {
+                paths.extend(layout::layer_link(r, &v.digest).parent());
+            }
+            paths.push(layout::blob_dir(&v.digest));
+        }
+        storage.delete_many(&paths).await?;
+        tx.commit().await?;
+        Ok(victims)
     }
 
     /// Finishes a collection batch that a crash cut short: the journal names

@@ -178,17 +178,15 @@ async fn pushes_racing_collection_never_leave_a_manifest_without_its_blobs() {
             tokio::spawn(async move {
                 let mut after: Option<Digest> = None;
                 while !stop.load(Ordering::Relaxed) {
-                    let content = content.clone();
-                    let victims = md
-                        .sweep_blobs(now_millis() - 5_000, after.as_ref(), 4, false, |victims| async move {
-                            let mut c = content.lock().unwrap();
-                            for v in &victims {
-                                c.remove(v.digest.as_str());
-                            }
-                            Ok(())
-                        })
-                        .await
-                        .unwrap();
+                    let mut tx = md.write_tx().await.unwrap();
+                    let victims = tx.sweep_blobs(now_millis() - 5_000, after.as_ref(), 4, false).await.unwrap();
+                    {
+                        let mut c = content.lock().unwrap();
+                        for v in &victims {
+                            c.remove(v.digest.as_str());
+                        }
+                    }
+                    tx.commit().await.unwrap();
                     collected.fetch_add(victims.len(), Ordering::Relaxed);
                     after = victims.last().map(|v| v.digest.clone());
                 }
@@ -300,12 +298,12 @@ async fn writes_wait_for_a_collection_batch_and_then_see_the_blob_gone() {
     let (entered_tx, entered) = tokio::sync::oneshot::channel();
     let (release, released) = tokio::sync::oneshot::channel::<()>();
     let gc = tokio::spawn(async move {
-        collector
-            .sweep_blobs(now_millis() + 60_000, None, 10, false, |victims| async move {
-                let _ = entered_tx.send(victims.len());
-                released.await.map_err(|e| e.to_string())
-            })
-            .await
+        let mut tx = collector.write_tx().await?;
+        let victims = tx.sweep_blobs(now_millis() + 60_000, None, 10, false).await?;
+        // The content is being deleted: the transaction stays open meanwhile.
+        let _ = entered_tx.send(victims.len());
+        released.await.unwrap();
+        tx.commit().await.map(|()| victims)
     });
     assert_eq!(entered.await.unwrap(), 2, "both blobs are being collected");
 
