@@ -22,7 +22,7 @@ use berth_registry::progress::NoProgress;
 use berth_types::RepoName;
 
 use crate::endpoint::percent_decode;
-use crate::error::ApiError;
+use crate::error::{ApiError, OciCode};
 use crate::{authz, AppState, Peer};
 
 /// One administration request.
@@ -35,7 +35,7 @@ pub enum AdminOp {
 }
 
 fn bad_query(key: &str, detail: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", format!("invalid {key}")).with_detail(detail)
+    ApiError::new(OciCode::RequestInvalid).with_message(format!("invalid {key}")).with_detail(detail)
 }
 
 /// `true`/`1`, `false`/`0`, or absent (false).
@@ -188,7 +188,7 @@ mod tests {
             ),
         ];
         for (m, path, want) in cases {
-            let got = AdminOp::parse(&m, path, &none).map_err(|e| e.status.as_u16());
+            let got = AdminOp::parse(&m, path, &none).map_err(|e| e.status().as_u16());
             assert_eq!(got, want, "{m} {path}");
         }
         let gc =
@@ -204,7 +204,7 @@ mod tests {
         );
         for bad in [("grace", "99999999999999999999999h"), ("grace", "18446744073709551616s"), ("dryrun", "maybe")] {
             let e = AdminOp::parse(&Method::POST, "gc", &q(&[bad])).unwrap_err();
-            assert_eq!((e.status.as_u16(), e.code), (400, "UNSUPPORTED"), "{bad:?}");
+            assert_eq!((e.status().as_u16(), e.code.code()), (400, "UNSUPPORTED"), "{bad:?}");
         }
     }
 }

@@ -3,10 +3,10 @@
 //! and the one mapping from a refusal to the HTTP answer, used by `/v2/`,
 //! `/_berth/` and the token endpoint alike.
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use berth_auth::{Credentials, Grant, Need, Refusal};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, OciCode};
 use crate::{AppState, Peer, ServerConfig};
 
 /// The externally visible base URL: the configured `http.host`, else what a
@@ -60,8 +60,7 @@ fn valid_host(h: &str) -> bool {
 pub(crate) fn refusal(r: Refusal, need: &Need) -> ApiError {
     match r {
         Refusal::Unauthorized { challenge, message } => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
-                .with_header(header::WWW_AUTHENTICATE, &challenge)
+            ApiError::new(OciCode::Unauthorized).with_message(message).with_header(header::WWW_AUTHENTICATE, &challenge)
         }
         Refusal::Denied => {
             let detail = match need {
@@ -69,8 +68,7 @@ pub(crate) fn refusal(r: Refusal, need: &Need) -> ApiError {
                 Need::Catalog => "the catalog is not allowed".to_owned(),
                 Need::Login => "not allowed".to_owned(),
             };
-            ApiError::new(StatusCode::FORBIDDEN, "DENIED", "requested access to the resource is denied")
-                .with_detail(detail)
+            ApiError::new(OciCode::Denied).with_detail(detail)
         }
     }
 }
@@ -113,15 +111,14 @@ pub(crate) async fn admin(state: &AppState, headers: &HeaderMap, peer: Option<Pe
         if peer.is_some_and(|p| p.is_local()) && !proxied {
             return Ok(());
         }
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "DENIED", "requested access to the resource is denied")
-            .with_detail(
-                "with no authentication configured, administration answers only on this machine \
+        return Err(ApiError::new(OciCode::Denied).with_detail(
+            "with no authentication configured, administration answers only on this machine \
                  (loopback or the unix socket); configure auth with auth.access.admins, or admin.tokenfile",
-            ));
+        ));
     }
     let grant = authorize(state, headers, &Need::Login).await?;
     if !grant.is_admin() {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "DENIED", "requested access to the resource is denied")
+        return Err(ApiError::new(OciCode::Denied)
             .with_detail(format!("{} is not an administrator (auth.access.admins)", grant.identity.name())));
     }
     Ok(())

@@ -19,6 +19,7 @@ pub mod admin;
 mod authz;
 pub mod endpoint;
 pub mod error;
+pub mod operation;
 mod serve;
 mod token;
 mod v2;
@@ -129,8 +130,7 @@ async fn catch_panic(next: Next, req: Request) -> Response {
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_owned());
             tracing::error!(panic = %what, "a request handler panicked");
-            error::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "internal server error")
-                .into_response()
+            error::ApiError::new(error::OciCode::Internal).into_response()
         }
     }
 }
@@ -152,6 +152,7 @@ async fn common_headers(State(state): State<AppState>, req: Request, next: Next)
         "http.request.remoteaddr" = %OrEmpty(peer),
         "http.request.useragent" = text(header::USER_AGENT),
         "auth.user.name" = tracing::field::Empty,
+        "berth.operation" = tracing::field::Empty,
     );
     let start = Instant::now();
     let mut resp = catch_panic(next, req).instrument(span.clone()).await;

@@ -4,13 +4,13 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, Method};
 use axum::response::{IntoResponse, Response};
 use berth_auth::issuer::{TokenError, TokenRequest};
 use berth_auth::{Need, Refusal, Scope};
 use http_body_util::BodyExt;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, OciCode};
 use crate::AppState;
 
 /// Largest form body accepted.
@@ -70,5 +70,5 @@ pub(crate) async fn token(State(state): State<AppState>, req: Request) -> Respon
 }
 
 fn bad_request(m: &str) -> Response {
-    ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", "invalid token request").with_detail(m).into_response()
+    ApiError::new(OciCode::RequestInvalid).with_message("invalid token request").with_detail(m).into_response()
 }

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::ConnectionLimits;
+use crate::error::OciCode;
 
 /// What a connection's requests and its socket share.
 pub(crate) struct ConnState {
@@ -109,16 +110,13 @@ impl<IO> Watched<IO> {
         }
         let head = buf.strip_prefix(b"HTTP/1.1 ").or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
         // Only hyper's three statuses are looked at further: any other write costs a comparison.
-        let (status, reason, detail) = match head.get(..4)? {
+        let (code, detail) = match head.get(..4)? {
             b"400 " => (
-                400,
-                "Bad Request",
+                OciCode::MalformedRequest,
                 "the request could not be parsed (malformed request line, headers or Content-Length)",
             ),
-            b"414 " => (414, "URI Too Long", "the request URI is longer than 65534 bytes"),
-            b"431 " => {
-                (431, "Request Header Fields Too Large", "the request has too many headers or headers too large")
-            }
+            b"414 " => (OciCode::UriTooLong, "the request URI is longer than 65534 bytes"),
+            b"431 " => (OciCode::HeadersTooLarge, "the request has too many headers or headers too large"),
             _ => return None,
         };
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
@@ -126,7 +124,7 @@ impl<IO> Watched<IO> {
         if lower.windows(31).any(|w| w == b"docker-distribution-api-version") {
             return None;
         }
-        Some(error_response(status, reason, "UNSUPPORTED", "malformed HTTP request", detail))
+        Some(error_response(code, detail))
     }
 }
 
@@ -149,8 +147,10 @@ impl<IO: AsyncWrite + Unpin> Watched<IO> {
 }
 
 /// A whole HTTP/1.1 answer with an OCI error body that closes the connection.
-pub(crate) fn error_response(status: u16, reason: &str, code: &str, message: &str, detail: &str) -> Vec<u8> {
+pub(crate) fn error_response(code: OciCode, detail: &str) -> Vec<u8> {
+    let (code, status, message) = code.describe();
     let body = serde_json::json!({ "errors": [{ "code": code, "message": message, "detail": detail }] }).to_string();
+    let (reason, status) = (status.canonical_reason().unwrap_or(""), status.as_u16());
     format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
          docker-distribution-api-version: registry/2.0\r\nconnection: close\r\n\r\n{body}",

@@ -18,6 +18,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 
+use crate::error::OciCode;
+
 mod body;
 mod io;
 mod service;
@@ -201,10 +203,7 @@ where
 async fn too_many_connections<I: tokio::io::AsyncWrite + Unpin>(mut io: I, peer: Peer) {
     tracing::warn!(peer = %peer, "too many connections from one address; refused");
     let resp = io::error_response(
-        429,
-        "Too Many Requests",
-        "TOOMANYREQUESTS",
-        "too many requests",
+        OciCode::TooManyRequests,
         "too many open connections from this address (http.limits.connectionsperclient)",
     );
     let _ = tokio::time::timeout(Duration::from_secs(5), async {

@@ -1,8 +1,6 @@
 //! Reading request headers and building responses: ranges, conditional requests,
 //! content negotiation, the small answers every endpoint gives.
 
-use std::collections::HashMap;
-
 use axum::body::Body;
 use axum::http::header::{HeaderMap, HeaderName, HeaderValue};
 use axum::http::{header, StatusCode};
@@ -11,10 +9,6 @@ use berth_registry::{BodyStream, ChunkRange};
 use berth_types::Digest;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-
-pub(crate) fn query_map(q: Option<&str>) -> HashMap<String, String> {
-    q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
-}
 
 pub(crate) fn json_response(status: StatusCode, body: Bytes, content_type: Option<&str>) -> Response {
     let ct = content_type.unwrap_or("application/json");

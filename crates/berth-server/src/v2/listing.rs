@@ -6,6 +6,7 @@ use berth_types::{media, Digest, RepoName};
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::operation::PageQuery;
 use crate::v2::{json_response, set, ApiResult, Ctx};
 
 /// Catalog page size when the client names none (distribution's default).
@@ -14,16 +15,9 @@ pub(crate) const DEFAULT_CATALOG_PAGE: u64 = 100;
 pub(crate) const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
 impl Ctx<'_> {
-    /// Parses `n`: absent, or a non-negative integer.
-    pub(crate) fn page_size(&self) -> Result<Option<u64>, ApiError> {
-        match self.query.get("n") {
-            None => Ok(None),
-            Some(v) => v.parse::<u64>().map(Some).map_err(|_| ApiError::pagination(format!("n={v:?}"))),
-        }
-    }
-
-    pub(crate) fn last(&self) -> Option<&str> {
-        self.query.get("last").map(String::as_str).filter(|l| !l.is_empty())
+    /// `n`: absent, or a non-negative integer.
+    fn page_size(page: &PageQuery) -> Result<Option<u64>, ApiError> {
+        page.n.clone().map_err(|v| ApiError::pagination(format!("n={v:?}")))
     }
 
     pub(crate) fn link_next(path: &str, n: u64, last: &str) -> String {
@@ -34,13 +28,13 @@ impl Ctx<'_> {
         format!("<{path}?{q}>; rel=\"next\"")
     }
 
-    pub(crate) async fn catalog(&self) -> ApiResult {
+    pub(crate) async fn catalog(&self, page: &PageQuery) -> ApiResult {
         let max = self.state.config.catalog_max_entries;
-        let n = self.page_size()?.unwrap_or(DEFAULT_CATALOG_PAGE.min(max));
+        let n = Self::page_size(page)?.unwrap_or(DEFAULT_CATALOG_PAGE.min(max));
         if n > max {
             return Err(ApiError::pagination(format!("n={n} is larger than the maximum of {max}")));
         }
-        let page = self.visible_catalog(n).await?;
+        let page = self.visible_catalog(n, page.last.as_deref()).await?;
         let body = serde_json::to_vec(&json!({ "repositories": page.items })).unwrap_or_default();
         let mut r = json_response(StatusCode::OK, body.into(), None);
         if let (true, Some(last)) = (page.more, page.items.last()) {
@@ -50,10 +44,14 @@ impl Ctx<'_> {
     }
 
     /// A catalog page of repositories the caller may pull from.
-    pub(crate) async fn visible_catalog(&self, n: u64) -> Result<berth_registry::Page<RepoName>, ApiError> {
-        let Some(grant) = &self.grant else { return Ok(self.registry().catalog(n, self.last()).await?) };
+    pub(crate) async fn visible_catalog(
+        &self,
+        n: u64,
+        after: Option<&str>,
+    ) -> Result<berth_registry::Page<RepoName>, ApiError> {
+        let Some(grant) = &self.grant else { return Ok(self.registry().catalog(n, after).await?) };
         let mut items = Vec::new();
-        let mut last = self.last().map(str::to_owned);
+        let mut last = after.map(str::to_owned);
         // Bounded: each round reads a page of the catalog, and stops at its end.
         loop {
             let page = self.registry().catalog(n.max(100), last.as_deref()).await?;
@@ -73,9 +71,9 @@ impl Ctx<'_> {
         }
     }
 
-    pub(crate) async fn tags(&self, name: &RepoName) -> ApiResult {
-        let n = self.page_size()?;
-        let page = self.registry().list_tags(name, n, self.last()).await?;
+    pub(crate) async fn tags(&self, name: &RepoName, page: &PageQuery) -> ApiResult {
+        let n = Self::page_size(page)?;
+        let page = self.registry().list_tags(name, n, page.last.as_deref()).await?;
         let body = serde_json::to_vec(&json!({ "name": name.as_str(), "tags": page.items })).unwrap_or_default();
         let mut r = json_response(StatusCode::OK, body.into(), None);
         if let (true, Some(n), Some(last)) = (page.more, n, page.items.last()) {
@@ -84,8 +82,7 @@ impl Ctx<'_> {
         Ok(r)
     }
 
-    pub(crate) async fn referrers(&self, name: &RepoName, digest: &Digest) -> ApiResult {
-        let filter = self.query.get("artifactType").map(String::as_str).filter(|t| !t.is_empty());
+    pub(crate) async fn referrers(&self, name: &RepoName, digest: &Digest, filter: Option<&str>) -> ApiResult {
         let manifests = self.registry().referrers(name, digest, filter).await?;
         let index = json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
         let body = serde_json::to_vec(&index).unwrap_or_default();

@@ -9,7 +9,7 @@ use berth_types::{media, Digest, Reference, RepoName, MAX_MANIFEST_SIZE};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, OciCode};
 use crate::v2::{
     accepted, content_length, empty, etag_matches, header_str, not_modified, set, ApiResult, Ctx, DOCKER_CONTENT_DIGEST,
 };
@@ -29,10 +29,7 @@ pub(crate) async fn read_limited(mut body: Body, limit: usize, declared: Option<
     let mut buf = BytesMut::new();
     let mut seen = 0u64;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "request body could not be read")
-                .with_detail(e.to_string())
-        })?;
+        let frame = frame.map_err(|e| ApiError::new(OciCode::ManifestBodyUnreadable).with_detail(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             seen += data.len() as u64;
             if seen > DRAIN_LIMIT {

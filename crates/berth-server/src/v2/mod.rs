@@ -1,15 +1,13 @@
-//! The `/v2/` API: the path parsed into an [`Endpoint`], what it needs
-//! authorized, then one handler per endpoint and method: extract from the
-//! request, call the registry, map the result.
-
-use std::collections::HashMap;
+//! The `/v2/` API: the request parsed into an [`Operation`], what it needs
+//! authorized, then one handler per operation: extract from the request,
+//! call the registry, map the result.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use berth_auth::{Action, Actions, Grant, Need};
+use berth_auth::Grant;
 use berth_registry::RegistryError;
 use berth_types::{Digest, RepoName};
 use bytes::Bytes;
@@ -18,6 +16,7 @@ use uuid::Uuid;
 
 use crate::endpoint::{percent_decode, Endpoint, PathError};
 use crate::error::ApiError;
+use crate::operation::{query_map, Operation};
 use crate::AppState;
 
 mod blobs;
@@ -53,42 +52,34 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
         Err(e) => return ApiError::from(e).into_response(),
     };
     let m = &parts.method;
-    let allow = endpoint.allowed_methods();
-    let Some(need) = need_for(&endpoint, m) else { return method_not_allowed(m, allow).into_response() };
-    let mut ctx = Ctx { state: &state, headers: &parts.headers, query: query_map(parts.uri.query()), grant: None };
+    let op = match Operation::parse(m, endpoint, &query_map(parts.uri.query())) {
+        Ok(op) => op,
+        Err(refused) => return method_not_allowed(m, refused.allow).into_response(),
+    };
+    tracing::Span::current().record("berth.operation", op.name());
+    let mut ctx = Ctx { state: &state, headers: &parts.headers, grant: None };
     if state.config.auth.is_some() {
-        match crate::authz::authorize(&state, &parts.headers, &need).await {
+        match crate::authz::authorize(&state, &parts.headers, &op.need()).await {
             Ok(grant) => ctx.grant = Some(grant),
             Err(e) => return e.into_response(),
         }
     }
-    let result = match endpoint {
-        Endpoint::Base if is_get(m) => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"), None)),
-        Endpoint::Catalog if is_get(m) => ctx.catalog().await,
-        Endpoint::Tags { name } if is_get(m) => ctx.tags(&name).await,
-        Endpoint::Manifest { name, reference } => match *m {
-            Method::GET => ctx.get_manifest(&name, &reference, true).await,
-            Method::HEAD => ctx.get_manifest(&name, &reference, false).await,
-            Method::PUT => ctx.put_manifest(&name, &reference, body).await,
-            Method::DELETE => ctx.delete_manifest(&name, &reference).await,
-            _ => Err(method_not_allowed(m, allow)),
-        },
-        Endpoint::Blob { name, digest } => match *m {
-            Method::GET => ctx.get_blob(&name, &digest, true).await,
-            Method::HEAD => ctx.get_blob(&name, &digest, false).await,
-            Method::DELETE => ctx.delete_blob(&name, &digest).await,
-            _ => Err(method_not_allowed(m, allow)),
-        },
-        Endpoint::Uploads { name } if *m == Method::POST => ctx.start_upload(&name, body).await,
-        Endpoint::Upload { name, id } => match *m {
-            Method::GET | Method::HEAD => ctx.upload_status(&name, &id).await,
-            Method::PATCH => ctx.patch_upload(&name, &id, body).await,
-            Method::PUT => ctx.put_upload(&name, &id, body).await,
-            Method::DELETE => ctx.cancel_upload(&name, &id).await,
-            _ => Err(method_not_allowed(m, allow)),
-        },
-        Endpoint::Referrers { name, digest } if is_get(m) => ctx.referrers(&name, &digest).await,
-        _ => Err(method_not_allowed(m, allow)),
+    use Operation as O;
+    let result = match &op {
+        O::Base => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"), None)),
+        O::Catalog { page } => ctx.catalog(page).await,
+        O::ListTags { name, page } => ctx.tags(name, page).await,
+        O::GetManifest { name, reference, head } => ctx.get_manifest(name, reference, !head).await,
+        O::PutManifest { name, reference } => ctx.put_manifest(name, reference, body).await,
+        O::DeleteManifest { name, reference } => ctx.delete_manifest(name, reference).await,
+        O::GetBlob { name, digest, head } => ctx.get_blob(name, digest, !head).await,
+        O::DeleteBlob { name, digest } => ctx.delete_blob(name, digest).await,
+        O::StartUpload { name, start } => ctx.start_upload(name, start, body).await,
+        O::GetUpload { name, id } => ctx.upload_status(name, id).await,
+        O::PatchUpload { name, id } => ctx.patch_upload(name, id, body).await,
+        O::PutUpload { name, id, digest } => ctx.put_upload(name, id, digest.as_ref(), body).await,
+        O::CancelUpload { name, id } => ctx.cancel_upload(name, id).await,
+        O::Referrers { name, digest, artifact_type } => ctx.referrers(name, digest, artifact_type.as_deref()).await,
     };
     match result {
         Ok(r) => r,
@@ -154,28 +145,6 @@ impl http_body::Body for SharedBody {
     }
 }
 
-/// What a request needs to be allowed; None when the method does not apply.
-fn need_for(endpoint: &Endpoint, m: &Method) -> Option<Need> {
-    let get = is_get(m);
-    let repo =
-        |name: &RepoName, actions: &[Action]| Need::Repository { name: name.clone(), actions: Actions::of(actions) };
-    Some(match endpoint {
-        Endpoint::Base if get => Need::Login,
-        Endpoint::Catalog if get => Need::Catalog,
-        Endpoint::Tags { name } | Endpoint::Referrers { name, .. } if get => repo(name, &[Action::Pull]),
-        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } if get => repo(name, &[Action::Pull]),
-        Endpoint::Manifest { name, .. } if *m == Method::PUT => repo(name, &[Action::Pull, Action::Push]),
-        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } if *m == Method::DELETE => {
-            repo(name, &[Action::Delete])
-        }
-        Endpoint::Uploads { name } if *m == Method::POST => repo(name, &[Action::Pull, Action::Push]),
-        Endpoint::Upload { name, .. } if get || *m == Method::PATCH || *m == Method::PUT || *m == Method::DELETE => {
-            repo(name, &[Action::Pull, Action::Push])
-        }
-        _ => return None,
-    })
-}
-
 fn is_get(m: &Method) -> bool {
     *m == Method::GET || *m == Method::HEAD
 }
@@ -194,7 +163,6 @@ pub(crate) async fn root() -> Response {
 struct Ctx<'a> {
     state: &'a AppState,
     headers: &'a HeaderMap,
-    query: HashMap<String, String>,
     /// The caller and its access, when authentication is on.
     grant: Option<Grant>,
 }

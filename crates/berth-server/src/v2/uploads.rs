@@ -10,6 +10,7 @@ use berth_types::{Digest, RepoName};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::operation::{MountFrom, UploadStart};
 use crate::v2::{body_stream, chunk_range, content_length, empty, set, ApiResult, Ctx, DOCKER_CONTENT_DIGEST};
 
 pub(crate) const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
@@ -50,24 +51,25 @@ impl Ctx<'_> {
         r
     }
 
-    pub(crate) async fn start_upload(&self, name: &RepoName, body: Body) -> ApiResult {
-        if let Some(mount) = self.query.get("mount") {
-            // Whatever keeps the mount from happening, the client gets a
-            // normal upload session (202), as the spec and distribution do.
-            if let Ok(digest) = Digest::parse(mount) {
-                for from in self.mount_sources(&digest).await? {
-                    if self.registry().mount_blob(name, &from, &digest).await?.is_some() {
-                        return Ok(self.blob_created(name, &digest));
+    pub(crate) async fn start_upload(&self, name: &RepoName, start: &UploadStart, body: Body) -> ApiResult {
+        match start {
+            UploadStart::Mount { digest, from } => {
+                // Whatever keeps the mount from happening, the client gets a
+                // normal upload session (202), as the spec and distribution do.
+                if let Some(digest) = digest {
+                    for source in self.mount_sources(digest, from).await? {
+                        if self.registry().mount_blob(name, &source, digest).await?.is_some() {
+                            return Ok(self.blob_created(name, digest));
+                        }
                     }
                 }
             }
-            let st = self.registry().start_upload(name).await?;
-            return Ok(self.upload_response(StatusCode::ACCEPTED, name, &st));
-        }
-        if let Some(d) = self.query.get("digest") {
-            let digest = Digest::parse(d).map_err(|e| ApiError::digest_invalid(e.to_string()))?;
-            self.registry().put_blob(name, &digest, content_length(self.headers), body_stream(body)).await?;
-            return Ok(self.blob_created(name, &digest));
+            UploadStart::Monolithic { digest } => {
+                let digest = digest.as_ref().map_err(ApiError::digest_invalid)?;
+                self.registry().put_blob(name, digest, content_length(self.headers), body_stream(body)).await?;
+                return Ok(self.blob_created(name, digest));
+            }
+            UploadStart::Session => {}
         }
         let st = self.registry().start_upload(name).await?;
         Ok(self.upload_response(StatusCode::ACCEPTED, name, &st))
@@ -76,13 +78,14 @@ impl Ctx<'_> {
     /// Where a mount may take a blob from: `from`, or without it (and with
     /// `uploads.automaticmount`) the repositories holding it, and of those
     /// only what the caller may pull.
-    pub(crate) async fn mount_sources(&self, digest: &Digest) -> Result<Vec<RepoName>, ApiError> {
-        let candidates = match self.query.get("from") {
-            Some(f) => RepoName::parse(f).into_iter().collect(),
-            None if self.state.config.automatic_mount => {
+    pub(crate) async fn mount_sources(&self, digest: &Digest, from: &MountFrom) -> Result<Vec<RepoName>, ApiError> {
+        let candidates = match from {
+            MountFrom::Repository(r) => vec![r.clone()],
+            MountFrom::Invalid => Vec::new(),
+            MountFrom::Any if self.state.config.automatic_mount => {
                 self.registry().blob_sources(digest, MAX_MOUNT_SOURCES).await?
             }
-            None => Vec::new(),
+            MountFrom::Any => Vec::new(),
         };
         let Some(grant) = &self.grant else { return Ok(candidates) };
         let mut allowed = Vec::new();
@@ -116,19 +119,25 @@ impl Ctx<'_> {
         Ok(self.upload_response(StatusCode::ACCEPTED, name, &st))
     }
 
-    pub(crate) async fn put_upload(&self, name: &RepoName, id: &Uuid, body: Body) -> ApiResult {
-        let Some(d) = self.query.get("digest") else {
+    pub(crate) async fn put_upload(
+        &self,
+        name: &RepoName,
+        id: &Uuid,
+        digest: Option<&Result<Digest, String>>,
+        body: Body,
+    ) -> ApiResult {
+        let Some(digest) = digest else {
             return Err(ApiError::digest_invalid("the digest query parameter is required"));
         };
-        let digest = Digest::parse(d).map_err(|e| ApiError::digest_invalid(e.to_string()))?;
+        let digest = digest.as_ref().map_err(ApiError::digest_invalid)?;
         let range = chunk_range(self.headers).map_err(|()| ApiError::from(RegistryError::RangeInvalid { size: 0 }))?;
         let body_empty = http_body::Body::size_hint(&body).exact() == Some(0);
         let body = (!body_empty).then(|| body_stream(body));
         self.registry()
-            .complete_upload(name, id, &digest, range, content_length(self.headers), body)
+            .complete_upload(name, id, digest, range, content_length(self.headers), body)
             .await
             .map_err(|e| self.range_error(e, name, id))?;
-        Ok(self.blob_created(name, &digest))
+        Ok(self.blob_created(name, digest))
     }
 
     pub(crate) async fn cancel_upload(&self, name: &RepoName, id: &Uuid) -> ApiResult {
