@@ -44,6 +44,9 @@ pub enum RegistryError {
     Metadata(#[from] MetadataError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A long run stopped between its steps, as asked (a shutdown).
+    #[error("stopped before the end: the registry is shutting down")]
+    Cancelled,
 }
 
 impl RegistryError {

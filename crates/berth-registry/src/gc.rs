@@ -14,7 +14,7 @@ use berth_types::{Digest, RepoName};
 use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
-use crate::{ignore_missing, Registry, Result, REPORT_LIST};
+use crate::{ignore_missing, Registry, RegistryError, Result, REPORT_LIST};
 
 /// Blobs examined per collection transaction.
 pub(crate) const SWEEP_BATCH: i64 = 512;
@@ -99,6 +99,9 @@ impl Registry {
         if opts.delete_untagged {
             progress.phase("untagged manifests");
             for repo in self.inner.meta.all_repositories().await? {
+                if progress.cancelled() {
+                    return Err(RegistryError::Cancelled);
+                }
                 let (deleted, held) = self.drop_untagged(&repo, cutoff, opts.delete_referrers, opts.dry_run).await?;
                 report.manifests_deleted += deleted.len();
                 report.held_back_manifests += held as u64;
@@ -118,6 +121,10 @@ impl Registry {
         progress.phase("blobs");
         let mut after: Option<Digest> = None;
         loop {
+            // Between batches: the journal names the last one, which is committed.
+            if progress.cancelled() {
+                return Err(RegistryError::Cancelled);
+            }
             let victims = self.sweep_batch(cutoff, after.as_ref(), opts.dry_run).await?;
             // Each batch overwrites the journal; the last one goes when the sweep ends.
             let Some(last) = victims.last() else { break };

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gc::kept_manifests;
 use crate::progress::Progress;
-use crate::{ignore_missing, Registry, Result, REPORT_LIST};
+use crate::{ignore_missing, Registry, RegistryError, Result, REPORT_LIST};
 
 #[derive(Debug, Clone)]
 pub struct RetentionPolicy {
@@ -73,6 +73,9 @@ impl Registry {
         let now = now_millis();
         progress.phase("retention");
         for repo in self.inner.meta.all_repositories().await? {
+            if progress.cancelled() {
+                return Err(RegistryError::Cancelled);
+            }
             let Some(policy) = policies.iter().find(|p| p.repositories.iter().any(|pat| pat.matches(&repo))) else {
                 continue;
             };

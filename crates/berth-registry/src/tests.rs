@@ -365,6 +365,53 @@ async fn settle() {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 }
 
+/// Asks a run to stop once it has reached `phase`.
+struct StopAt(&'static str, std::sync::Mutex<bool>);
+
+impl crate::progress::Progress for StopAt {
+    fn phase(&self, name: &str) {
+        if name == self.0 {
+            *self.1.lock().unwrap() = true;
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        *self.1.lock().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_collection_stops_between_steps_and_the_next_run_finishes() {
+    let e = env().await;
+    let repo = name("c/app");
+    let config = push_blob(&e.reg, &repo, b"{}").await;
+    let m = image_manifest(&config, 2, &[]);
+    e.reg.put_manifest(&repo, &Reference::parse("v1").unwrap(), None, m).await.unwrap();
+    let orphan = push_blob(&e.reg, &repo, b"orphan of a cancelled run").await;
+    settle().await;
+    for phase in ["untagged manifests", "blobs"] {
+        let stop = StopAt(phase, std::sync::Mutex::new(false));
+        let r = e.reg.collect_garbage(&gc(0, true), &stop).await;
+        assert!(matches!(r, Err(RegistryError::Cancelled)), "{phase}: {r:?}");
+        assert!(blob_file(e.dir.path(), &orphan).exists(), "{phase}: stopped before the sweep");
+    }
+    let done = e.reg.collect_garbage(&gc(0, true), &NoProgress).await.unwrap();
+    assert_eq!(done.blobs, vec![orphan.to_string()]);
+    assert!(!blob_file(e.dir.path(), &orphan).exists());
+    let stop = StopAt("retention", std::sync::Mutex::new(false));
+    let policy = RetentionPolicy {
+        repositories: vec![],
+        keep_tags: vec![],
+        keep_last: None,
+        older_than: None,
+        delete_untagged: false,
+    };
+    assert!(matches!(
+        e.reg.apply_retention(&[policy], std::time::Duration::ZERO, true, &stop).await,
+        Err(RegistryError::Cancelled)
+    ));
+}
+
 #[tokio::test]
 async fn gc_takes_unreferenced_blobs_past_the_grace_period_only() {
     let e = env().await;

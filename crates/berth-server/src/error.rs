@@ -48,6 +48,8 @@ pub enum OciCode {
     UriTooLong,
     HeadersTooLarge,
     TooManyRequests,
+    /// The registry cannot answer now (shutting down).
+    Unavailable,
 }
 
 impl OciCode {
@@ -93,6 +95,7 @@ impl OciCode {
             C::UriTooLong => ("UNSUPPORTED", S::URI_TOO_LONG, "malformed HTTP request"),
             C::HeadersTooLarge => ("UNSUPPORTED", S::REQUEST_HEADER_FIELDS_TOO_LARGE, "malformed HTTP request"),
             C::TooManyRequests => ("TOOMANYREQUESTS", S::TOO_MANY_REQUESTS, "too many requests"),
+            C::Unavailable => ("UNAVAILABLE", S::SERVICE_UNAVAILABLE, "service unavailable"),
         }
     }
 
@@ -220,6 +223,7 @@ impl From<RegistryError> for ApiError {
                     // Docker does not retry an error that says so.
                     .with_reason(b"Insufficient Storage (no space left on device)")
             }
+            E::Cancelled => ApiError::new(OciCode::Unavailable).with_detail(e.to_string()),
             E::Storage(_) | E::Metadata(_) | E::Internal(_) => {
                 // Logged once here, with the request's span (and so its id); clients see no internals.
                 tracing::error!(error = %e, "internal error");
@@ -250,7 +254,7 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
 
-    const ALL: [OciCode; 29] = {
+    const ALL: [OciCode; 30] = {
         use OciCode as C;
         [
             C::BlobUnknown,
@@ -282,11 +286,12 @@ mod tests {
             C::UriTooLong,
             C::HeadersTooLarge,
             C::TooManyRequests,
+            C::Unavailable,
         ]
     };
 
     /// Every kind answers with a code of the distribution spec (or
-    /// distribution's own `NOT_FOUND`, `UNKNOWN` and `TOOMANYREQUESTS`), an
+    /// distribution's own `NOT_FOUND`, `UNKNOWN`, `UNAVAILABLE` and `TOOMANYREQUESTS`), an
     /// error status, and a message; the JSON carries them.
     #[test]
     fn every_kind_has_a_spec_code_an_error_status_and_a_message() {
@@ -310,6 +315,7 @@ mod tests {
             "PAGINATION_NUMBER_INVALID",
             "NOT_FOUND",
             "UNKNOWN",
+            "UNAVAILABLE",
         ];
         for c in ALL {
             let (code, status, message) = c.describe();

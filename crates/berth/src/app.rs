@@ -441,9 +441,7 @@ async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
         tracing::warn!(?drain, "in-flight requests did not finish within http.draintimeout; stopping");
     }
     shutdown.cancel();
-    for w in workers {
-        let _ = w.await;
-    }
+    workers.shutdown(crate::jobs::EXIT_GRACE).await;
     if let Err(e) = registry.flush_pulls().await {
         tracing::warn!(error = %e, "could not record the last pulls");
     }
