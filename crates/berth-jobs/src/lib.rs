@@ -13,8 +13,10 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod admin;
 mod periodic;
 
+pub use admin::{AdminJobs, JobSettings, JobsHandle};
 pub use periodic::{maintenance, Maintenance, Periodic, PurgeSchedule, RetentionSchedule};
 
 /// What a worker reports after a unit of work.

@@ -46,6 +46,7 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_lifecycle.sql")),
     (3, include_str!("../migrations/sqlite/0003_storage_state.sql")),
     (4, include_str!("../migrations/sqlite/0004_queue.sql")),
+    (5, include_str!("../migrations/sqlite/0005_jobs.sql")),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -53,6 +54,7 @@ pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/postgres/0002_lifecycle.sql")),
     (3, include_str!("../migrations/postgres/0003_storage_state.sql")),
     (4, include_str!("../migrations/postgres/0004_queue.sql")),
+    (5, include_str!("../migrations/postgres/0005_jobs.sql")),
 ];
 
 /// The advisory lock instances take while migrating a shared PostgreSQL

@@ -132,7 +132,7 @@ async fn postgres_instances_starting_together_migrate_once() {
     let Some(db) = db::postgres("postgres_instances_starting_together_migrate_once").await else { return };
     // The fresh database is migrated already; drop the schema so that all start on an empty one.
     sqlx::raw_sql(
-        "DROP TABLE schema_migrations, queue, berth_meta, uploads, tags, manifest_references, manifests, \
+        "DROP TABLE schema_migrations, jobs, queue, berth_meta, uploads, tags, manifest_references, manifests, \
          repository_blobs, blobs, repositories",
     )
     .execute(&db.md.write)

@@ -25,6 +25,7 @@ mod error;
 pub mod gc;
 pub mod import;
 mod ingest;
+pub mod jobs;
 mod listing;
 mod locks;
 mod manifests;

@@ -1,12 +1,15 @@
 //! Administration endpoints (Berth extensions, outside `/v2/`), parsed once
 //! into an [`AdminOp`] as `/v2/` paths are into an endpoint:
 //!
-//! - `POST /_berth/gc?dryrun=&deleteuntagged=&deletereferrers=&grace=`: run garbage collection now
-//! - `POST /_berth/retention?dryrun=`: apply the retention policies now
+//! - `POST /_berth/gc?dryrun=&deleteuntagged=&deletereferrers=&grace=`: queue a garbage collection
+//! - `POST /_berth/retention?dryrun=`: queue a run of the retention policies
+//!   (both answer `202 Accepted` with the job, and `Location: /_berth/jobs/<id>`)
+//! - `GET /_berth/jobs`: this instance's workers, the latest jobs, the backlog
+//! - `GET /_berth/jobs/<id>`: one job: queued, running (with progress), done (with its report) or failed
 //! - `GET /_berth/quotas`: usage of each namespace with a quota
 //! - `DELETE /_berth/repositories/<name>`: delete a repository
 //!
-//! Collection, retention and quotas need an administrator (see
+//! Everything but deleting a repository needs an administrator (see
 //! `authz::admin`); deleting a repository needs the delete right on it.
 
 use std::collections::HashMap;
@@ -17,8 +20,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_auth::{Action, Actions, Need};
-use berth_registry::gc::GcOptions;
-use berth_registry::progress::NoProgress;
+use berth_registry::jobs::JobRequest;
 use berth_types::RepoName;
 
 use crate::endpoint::percent_decode;
@@ -30,8 +32,14 @@ use crate::{authz, AppState, Peer};
 pub enum AdminOp {
     Gc { dry_run: bool, delete_untagged: bool, delete_referrers: bool, grace: Option<Duration> },
     Retention { dry_run: bool },
+    Jobs,
+    Job(uuid::Uuid),
     Quotas,
     DeleteRepository(RepoName),
+}
+
+fn no_such_job() -> ApiError {
+    ApiError::new(OciCode::NotFound).with_message("no such job")
 }
 
 fn bad_query(key: &str, detail: String) -> ApiError {
@@ -70,8 +78,17 @@ impl AdminOp {
             }),
             "retention" if method == Method::POST => Ok(AdminOp::Retention { dry_run: flag(query, "dryrun")? }),
             "gc" | "retention" => Err(not_allowed("POST")),
+            "jobs" | "jobs/" if method == Method::GET || method == Method::HEAD => Ok(AdminOp::Jobs),
+            "jobs" | "jobs/" => Err(not_allowed("GET, HEAD")),
             "quotas" if method == Method::GET || method == Method::HEAD => Ok(AdminOp::Quotas),
             "quotas" => Err(not_allowed("GET, HEAD")),
+            p if p.starts_with("jobs/") => {
+                if method != Method::GET && method != Method::HEAD {
+                    return Err(not_allowed("GET, HEAD"));
+                }
+                let id = uuid::Uuid::parse_str(&p["jobs/".len()..]).map_err(|_| no_such_job())?;
+                Ok(AdminOp::Job(id))
+            }
             p => match p.strip_prefix("repositories/") {
                 Some(name) if method == Method::DELETE => {
                     let name = name.strip_suffix('/').unwrap_or(name);
@@ -99,8 +116,7 @@ impl AdminOp {
 pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let path = parts.uri.path().strip_prefix("/_berth/").unwrap_or_default();
-    let query: HashMap<String, String> =
-        parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+    let query = crate::operation::query_map(parts.uri.query());
     let peer = parts.extensions.get::<Peer>().copied();
     let result = async {
         let op = AdminOp::parse(&parts.method, path, &query)?;
@@ -113,23 +129,45 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
             }
             None => authz::admin(&state, &parts.headers, peer).await?,
         }
-        run(&state, op).await
+        run(&state, op, &authz::base_url(&state.config, &parts.headers)).await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn run(state: &AppState, op: AdminOp) -> Result<Response, ApiError> {
+async fn run(state: &AppState, op: AdminOp, base: &str) -> Result<Response, ApiError> {
     let reg = &state.registry;
-    let l = &state.config.lifecycle;
+    let queue = |request: JobRequest| async move {
+        let id = reg.submit_job(&request).await?;
+        state.config.jobs.wake();
+        let status = reg.job(&id).await?.ok_or_else(no_such_job)?;
+        let mut r = json(&status);
+        *r.status_mut() = StatusCode::ACCEPTED;
+        if let Ok(v) = header::HeaderValue::from_str(&format!("{base}/_berth/jobs/{id}")) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        Ok::<_, ApiError>(r)
+    };
     Ok(match op {
         AdminOp::Gc { dry_run, delete_untagged, delete_referrers, grace } => {
-            let opts = GcOptions { grace: grace.unwrap_or(l.gc_grace), delete_untagged, delete_referrers, dry_run };
-            json(&reg.collect_garbage(&opts, &NoProgress).await?)
+            let grace_ms = grace.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX));
+            queue(JobRequest::Gc { dry_run, delete_untagged, delete_referrers, grace_ms }).await?
         }
-        AdminOp::Retention { dry_run } => {
-            json(&reg.apply_retention(&l.retention, l.gc_grace, dry_run, &NoProgress).await?)
+        AdminOp::Retention { dry_run } => queue(JobRequest::Retention { dry_run }).await?,
+        AdminOp::Jobs => {
+            let backlog = reg.job_backlog().await?;
+            json(&serde_json::json!({
+                "workers": state.config.jobs.board.snapshot(),
+                "jobs": reg.recent_jobs(RECENT_JOBS).await?,
+                "backlog": {
+                    "ready": backlog.ready,
+                    "running": backlog.leased,
+                    "delayed": backlog.delayed,
+                    "dead": backlog.dead,
+                },
+            }))
         }
+        AdminOp::Job(id) => json(&reg.job(&id).await?.ok_or_else(no_such_job)?),
         AdminOp::Quotas => json(&reg.quota_usage().await?),
         AdminOp::DeleteRepository(name) => {
             reg.delete_repository(&name).await?;
@@ -139,6 +177,9 @@ async fn run(state: &AppState, op: AdminOp) -> Result<Response, ApiError> {
         }
     })
 }
+
+/// Jobs `/_berth/jobs` lists.
+const RECENT_JOBS: i64 = 20;
 
 fn json<T: serde::Serialize>(v: &T) -> Response {
     let mut r = Response::new(Body::from(serde_json::to_vec(v).unwrap_or_default()));

@@ -44,25 +44,13 @@ pub struct ServerConfig {
     pub access_log: bool,
     /// Authentication and access control; None serves everyone everything.
     pub auth: Option<Arc<berth_auth::Authorizer>>,
-    /// What the administration endpoints run with.
-    pub lifecycle: LifecycleConfig,
+    /// The process's workers: their status, and the bell that wakes the one
+    /// running administration jobs.
+    pub jobs: berth_jobs::JobsHandle,
     /// A bearer token that opens the administration endpoints (`admin.tokenfile`).
     pub admin_token: Option<String>,
     /// A mount without `from` looks for the blob in repositories the caller may pull.
     pub automatic_mount: bool,
-}
-
-/// Settings of on-demand collection and retention.
-#[derive(Debug, Clone)]
-pub struct LifecycleConfig {
-    pub gc_grace: std::time::Duration,
-    pub retention: Vec<berth_registry::retention::RetentionPolicy>,
-}
-
-impl Default for LifecycleConfig {
-    fn default() -> Self {
-        LifecycleConfig { gc_grace: std::time::Duration::from_secs(3600), retention: Vec::new() }
-    }
 }
 
 impl Default for ServerConfig {
@@ -75,7 +63,7 @@ impl Default for ServerConfig {
             tls: false,
             access_log: true,
             auth: None,
-            lifecycle: LifecycleConfig::default(),
+            jobs: berth_jobs::JobsHandle::default(),
             admin_token: None,
             automatic_mount: true,
         }

@@ -688,20 +688,17 @@ async fn gc_endpoint_collects_with_its_own_or_the_asked_grace_period() {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 
     // gc.grace (an hour by default) protects the fresh blob.
-    let r = app.send(Method::POST, "/_berth/gc", &[], "").await;
-    r.expect(200);
-    assert_eq!(r.json()["blobs_deleted"], 0);
+    let r = app.job("/_berth/gc").await.unwrap();
+    assert_eq!(r["blobs_deleted"], 0);
     app.send(Method::HEAD, &format!("/v2/gc/app/blobs/{d}"), &[], "").await.expect(200);
     // The read moved the blob's use time to now: let "now" pass for a grace of 0s.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 
     app.send(Method::POST, "/_berth/gc?grace=soon", &[], "").await.expect_error(400, "UNSUPPORTED");
-    let r = app.send(Method::POST, "/_berth/gc?grace=0s&dryrun=true", &[], "").await;
-    r.expect(200);
-    assert_eq!(r.json()["blobs"], serde_json::json!([d]));
-    let r = app.send(Method::POST, "/_berth/gc?grace=0s", &[], "").await;
-    r.expect(200);
-    assert_eq!((r.json()["blobs_deleted"].clone(), r.json()["bytes_freed"].clone()), (1.into(), orphan.len().into()));
+    let r = app.job("/_berth/gc?grace=0s&dryrun=true").await.unwrap();
+    assert_eq!(r["blobs"], serde_json::json!([d]));
+    let r = app.job("/_berth/gc?grace=0s").await.unwrap();
+    assert_eq!((r["blobs_deleted"].clone(), r["bytes_freed"].clone()), (1.into(), orphan.len().into()));
     app.send(Method::HEAD, &format!("/v2/gc/app/blobs/{d}"), &[], "").await.expect(404);
     app.send(Method::GET, "/_berth/nothing", &[], "").await.expect_error(404, "NOT_FOUND");
 }
@@ -726,9 +723,8 @@ async fn without_auth_administration_answers_only_on_this_machine() {
     }
     app.get(&format!("/v2/victim/app/manifests/{untagged}")).await.expect(200);
     // On this machine it runs.
-    let r = app.send(Method::POST, "/_berth/gc?deleteuntagged=true&grace=0s", &[], "").await;
-    r.expect(200);
-    assert_eq!(r.json()["manifests_deleted"], 1);
+    let r = app.job("/_berth/gc?deleteuntagged=true&grace=0s").await.unwrap();
+    assert_eq!(r["manifests_deleted"], 1);
     app.get(&format!("/v2/victim/app/manifests/{untagged}")).await.expect_error(404, "MANIFEST_UNKNOWN");
 }
 
@@ -770,8 +766,8 @@ async fn collections_that_delete_manifests_need_deletes_and_a_writable_registry(
         .expect_error(405, "UNSUPPORTED");
     no_deletes.send(Method::DELETE, "/_berth/repositories/a", &[], "").await.expect_error(405, "UNSUPPORTED");
     // A collection of unreferenced blobs needs neither (distribution's garbage-collect).
-    no_deletes.send(Method::POST, "/_berth/gc?grace=0s", &[], "").await.expect(200);
-    no_deletes.send(Method::POST, "/_berth/gc?deleteuntagged=true&dryrun=true", &[], "").await.expect(200);
+    no_deletes.job("/_berth/gc?grace=0s").await.unwrap();
+    no_deletes.job("/_berth/gc?deleteuntagged=true&dryrun=true").await.unwrap();
 
     let read_only = TestApp::with(
         RegistryConfig { delete_enabled: true, read_only: true, ..Default::default() },
@@ -784,7 +780,7 @@ async fn collections_that_delete_manifests_need_deletes_and_a_writable_registry(
         .expect_error(405, "UNSUPPORTED");
     read_only.send(Method::POST, "/_berth/retention", &[], "").await.expect_error(405, "UNSUPPORTED");
     read_only.send(Method::DELETE, "/_berth/repositories/a", &[], "").await.expect_error(405, "UNSUPPORTED");
-    read_only.send(Method::POST, "/_berth/gc?grace=0s", &[], "").await.expect(200);
+    read_only.job("/_berth/gc?grace=0s").await.unwrap();
 }
 
 #[tokio::test]
@@ -794,13 +790,44 @@ async fn the_largest_grace_periods_keep_everything() {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     // The largest grace periods accepted (Go's largest duration): the cutoff saturates, nothing goes.
     for grace in ["2562047h", "9223372036854ms", "9223372036s"] {
-        let r = app.send(Method::POST, &format!("/_berth/gc?grace={grace}"), &[], "").await;
-        r.expect(200);
-        assert_eq!(r.json()["blobs_deleted"], 0, "{grace}");
+        let r = app.job(&format!("/_berth/gc?grace={grace}")).await.unwrap();
+        assert_eq!(r["blobs_deleted"], 0, "{grace}");
     }
     // Beyond it: refused, never wrapped into a cutoff in the future.
     for grace in ["18446744073708551s", "99999999999999999999999h", "18446744073709551616s", "2562047h2562047h"] {
         app.send(Method::POST, &format!("/_berth/gc?grace={grace}"), &[], "").await.expect_error(400, "UNSUPPORTED");
     }
     app.send(Method::HEAD, &format!("/v2/g/app/blobs/{d}"), &[], "").await.expect(200);
+}
+
+#[tokio::test]
+async fn jobs_are_queued_followed_and_listed() {
+    let app = TestApp::new().await;
+    app.push_blob("jobs/app", b"an orphan for the listed job").await;
+    let report = app.job("/_berth/gc?grace=0s&dryrun=true").await.unwrap();
+    assert_eq!(report["dry_run"], true);
+    let r = app.get("/_berth/jobs").await;
+    r.expect(200);
+    let all = r.json();
+    let job = &all["jobs"][0];
+    assert_eq!((job["kind"].as_str(), job["state"].as_str()), (Some("gc"), Some("done")), "{all}");
+    assert_eq!(job["request"]["dry_run"], true);
+    assert_eq!(job["result"], report);
+    assert!(job["started_at"].as_i64() <= job["finished_at"].as_i64());
+    let workers = all["workers"].as_array().unwrap();
+    assert!(workers.iter().any(|w| w["name"] == "administration jobs" && w["runs"].as_u64() >= Some(1)), "{all}");
+    assert_eq!(all["backlog"], serde_json::json!({ "ready": 0, "running": 0, "delayed": 0, "dead": 0 }));
+    let id = job["id"].as_str().unwrap();
+    app.get(&format!("/_berth/jobs/{id}")).await.expect(200);
+    app.get("/_berth/jobs/0b1f4c36-9c0c-4a8e-8d3a-3f1c9b2a7e11").await.expect_error(404, "NOT_FOUND");
+    app.get("/_berth/jobs/not-an-id").await.expect_error(404, "NOT_FOUND");
+    app.send(Method::POST, "/_berth/jobs", &[], "").await.expect_error(405, "UNSUPPORTED");
+    app.send(Method::DELETE, &format!("/_berth/jobs/{id}"), &[], "").await.expect_error(405, "UNSUPPORTED");
+    // Retention with no policies does nothing, and says so.
+    let r = app.job("/_berth/retention?dryrun=true").await.unwrap();
+    assert_eq!(r["tags"], serde_json::json!([]));
+    // Only administrators see jobs.
+    let remote = app.asked_from(REMOTE);
+    remote.get("/_berth/jobs").await.expect_error(403, "DENIED");
+    remote.get(&format!("/_berth/jobs/{id}")).await.expect_error(403, "DENIED");
 }

@@ -173,6 +173,68 @@ fn server_url(cfg: &Config) -> Result<String> {
     Ok(format!("http://{}:{port}", host.unwrap_or("127.0.0.1")))
 }
 
+/// How the CLI proves itself to the server: `admin.tokenfile`, or
+/// `BERTH_USER` and `BERTH_PASSWORD`.
+struct Credentials {
+    token: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+impl Credentials {
+    fn apply(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match (&self.token, &self.user, &self.password) {
+            (Some(t), _, _) => req.bearer_auth(t),
+            (None, Some(u), Some(p)) => req.basic_auth(u, Some(p)),
+            _ => req,
+        }
+    }
+}
+
+/// Follows a queued job to its end with a progress line, and returns its
+/// report as JSON text.
+async fn follow_job(
+    client: &reqwest::Client,
+    base: &str,
+    location: Option<String>,
+    queued: &str,
+    credentials: &Credentials,
+) -> Result<String> {
+    let job: serde_json::Value = serde_json::from_str(queued).context("reading the queued job")?;
+    let url = match (location, job["id"].as_str()) {
+        (Some(l), _) if l.starts_with("http") => l,
+        (Some(l), _) => format!("{base}{l}"),
+        (None, Some(id)) => format!("{base}/_berth/jobs/{id}"),
+        (None, None) => bail!("the server queued a job but did not say where to follow it"),
+    };
+    let b = bar();
+    b.0.set_message("queued");
+    let outcome = loop {
+        let resp = credentials.apply(client.get(&url)).send().await.with_context(|| format!("following {url}"))?;
+        if !resp.status().is_success() {
+            break Err(anyhow::anyhow!("following {url}: the server answered {}", resp.status()));
+        }
+        let job: serde_json::Value = resp.json().await.with_context(|| format!("reading {url}"))?;
+        match job["state"].as_str() {
+            Some("done") => break Ok(job["result"].to_string()),
+            Some("failed") => {
+                break Err(anyhow::anyhow!("the job failed: {}", job["error"].as_str().unwrap_or("no reason given")))
+            }
+            Some("running") => {
+                let p = &job["progress"];
+                if let (Some(phase), Some(done)) = (p["phase"].as_str(), p["done"].as_u64()) {
+                    b.0.set_message(phase.to_owned());
+                    b.0.set_position(done);
+                }
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    b.0.finish_and_clear();
+    outcome
+}
+
 async fn remote(cfg: &Config, cmd: Command) -> Result<()> {
     let base = server_url(cfg)?;
     {
@@ -196,16 +258,16 @@ async fn remote(cfg: &Config, cmd: Command) -> Result<()> {
         Command::Quotas => client.get(format!("{base}/_berth/quotas")),
     };
     let user = std::env::var("BERTH_USER").ok().filter(|u| !u.is_empty());
-    let token = cfg.admin.token()?;
-    let req = match (&token, &user, std::env::var("BERTH_PASSWORD")) {
-        (Some(t), _, _) => req.bearer_auth(t),
-        (None, Some(u), Ok(p)) => req.basic_auth(u, Some(p)),
-        _ => req,
-    };
+    let credentials =
+        Credentials { token: cfg.admin.token()?, user: user.clone(), password: std::env::var("BERTH_PASSWORD").ok() };
+    let req = credentials.apply(req);
     let resp = req.send().await.with_context(|| format!("asking the server at {base}"))?;
     let status = resp.status();
-    let body = resp.text().await?;
-    if !status.is_success() {
+    let location = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut body = resp.text().await?;
+    if status == reqwest::StatusCode::ACCEPTED && matches!(cmd, Command::Gc { .. } | Command::Retention { .. }) {
+        body = follow_job(&client, &base, location, &body, &credentials).await?;
+    } else if !status.is_success() {
         // Say what the server refused and what to set.
         let detail = serde_json::from_str::<serde_json::Value>(&body)
             .ok()

@@ -385,7 +385,7 @@ async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
     if !cfg.storage.maintenance.readonly.enabled {
         registry.finish_interrupted_collection().await.context("finishing an interrupted garbage collection")?;
     }
-    let workers = crate::jobs::start(cfg, &registry, &shutdown)?;
+    let (workers, jobs) = crate::jobs::start(cfg, &registry, &shutdown)?;
 
     let implicit_key = if cfg.auth.wants_implicit_issuer() {
         let fresh = berth_auth::issuer::generate_key_pem()?;
@@ -405,7 +405,7 @@ async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
         tls: false,
         access_log: !cfg.log.accesslog.disabled,
         auth,
-        lifecycle: berth_server::LifecycleConfig { gc_grace: cfg.gc.grace, retention: cfg.retention_policies()? },
+        jobs,
         admin_token: cfg.admin.token()?,
         automatic_mount: cfg.uploads.automaticmount,
     };

@@ -1,10 +1,11 @@
 //! The background workers of a serving process, from the configuration: upload
-//! purging, garbage collection, retention and pull times (see `berth-jobs`).
+//! purging, garbage collection, retention and pull times, and the worker that
+//! runs the jobs administrators queue (see `berth-jobs`).
 
 use std::time::Duration;
 
 use anyhow::Result;
-use berth_jobs::{Maintenance, PurgeSchedule, RetentionSchedule, Runner};
+use berth_jobs::{AdminJobs, JobSettings, JobsHandle, Maintenance, PurgeSchedule, RetentionSchedule, Runner};
 use berth_registry::gc::GcOptions;
 use berth_registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +17,8 @@ use crate::config::Config;
 pub const EXIT_GRACE: Duration = Duration::from_secs(10);
 
 /// Starts the workers `cfg` asks for; they stop when `stop` is cancelled.
-pub fn start(cfg: &Config, registry: &Registry, stop: &CancellationToken) -> Result<Runner> {
+/// The handle is what the HTTP edge shows and wakes.
+pub fn start(cfg: &Config, registry: &Registry, stop: &CancellationToken) -> Result<(Runner, JobsHandle)> {
     let writable = !cfg.storage.maintenance.readonly.enabled;
     let purge = &cfg.storage.maintenance.uploadpurging;
     let policies = cfg.retention_policies()?;
@@ -37,7 +39,7 @@ pub fn start(cfg: &Config, registry: &Registry, stop: &CancellationToken) -> Res
         }),
         retention: (!policies.is_empty() && writable).then_some(RetentionSchedule {
             interval: cfg.retention.interval,
-            policies,
+            policies: policies.clone(),
             grace: cfg.gc.grace,
             dry_run: cfg.retention.dryrun,
         }),
@@ -47,5 +49,8 @@ pub fn start(cfg: &Config, registry: &Registry, stop: &CancellationToken) -> Res
     for w in berth_jobs::maintenance(registry, m) {
         runner.spawn(w);
     }
-    Ok(runner)
+    let handle = JobsHandle::with_board(runner.board());
+    let settings = JobSettings { gc_grace: cfg.gc.grace, retention: policies };
+    runner.spawn(Box::new(AdminJobs::new(registry.clone(), settings, handle.clone())));
+    Ok((runner, handle))
 }

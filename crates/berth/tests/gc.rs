@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::push::{digest_of, put_manifest, seeded_bytes as bytes, OCI_MANIFEST};
+use common::push::{digest_of, put_manifest, run_job, seeded_bytes as bytes, OCI_MANIFEST};
 use common::*;
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -252,9 +252,7 @@ async fn collection_beside_pushes_and_deletes_loses_nothing() {
             let (mut runs, mut blobs) = (0, 0);
             while Instant::now() < deadline && runs < 2000 {
                 let untagged = runs % 2 == 0;
-                let r = c.post(format!("{url}/_berth/gc?deleteuntagged={untagged}")).send().await.expect("gc");
-                assert_eq!(r.status(), 200);
-                let report: serde_json::Value = r.json().await.expect("report");
+                let report = run_job(&c, &url, &format!("/_berth/gc?deleteuntagged={untagged}"), None).await;
                 blobs += report["blobs_deleted"].as_u64().expect("count");
                 runs += 1;
                 tokio::time::sleep(Duration::from_millis(30)).await;
@@ -280,9 +278,7 @@ async fn collection_beside_pushes_and_deletes_loses_nothing() {
     // Once everything is past the grace period, one more collection leaves
     // exactly what the surviving images need.
     tokio::time::sleep(Duration::from_secs(GRACE_SECS + 1)).await;
-    let r = c.post(b.url("/_berth/gc?deleteuntagged=true")).send().await.expect("gc");
-    assert_eq!(r.status(), 200);
-    let report: serde_json::Value = r.json().await.expect("report");
+    let report = run_job(&c, &b.url(""), "/_berth/gc?deleteuntagged=true", None).await;
     assert!(report["blobs_deleted"].as_u64().expect("count") > 0 || !deleted.is_empty());
 
     let survivors: Vec<&Image> = pushed.iter().filter(|i| !deleted.contains(&i.manifest)).collect();
@@ -546,8 +542,7 @@ async fn retention_dry_run_then_real_run_through_a_running_server() {
         skopeo_pull(&b.addr, &format!("ci/app:{t}"), dir.path(), false);
     }
     // The untagged images' blobs go with the next collection.
-    let r = c.post(b.url("/_berth/gc")).send().await.expect("gc");
-    let report: serde_json::Value = r.json().await.expect("report");
+    let report = run_job(&c, &b.url(""), "/_berth/gc", None).await;
     assert_eq!(report["blobs_deleted"], 9, "{report}");
     assert!(!stored_blobs(&store).contains(&images["old-2"].blobs[0]));
     assert!(b.stop());
@@ -638,12 +633,15 @@ async fn only_administrators_collect_and_only_deleters_delete_repositories() {
         .await
         .expect("push");
     assert_eq!(r.status(), 201);
-    for (user, status) in [(None, 401), (Some("reader"), 403), (Some("writer"), 403), (Some("admin"), 200)] {
+    for (user, status) in [(None, 401), (Some("reader"), 403), (Some("writer"), 403), (Some("admin"), 202)] {
         let r = ask(reqwest::Method::POST, "/_berth/gc?dryrun=true", user).await;
         assert_eq!(r.status(), status, "{user:?}");
         let body: serde_json::Value = r.json().await.expect("json");
-        assert!(status == 200 || body["errors"][0]["code"].is_string(), "{body}");
+        assert!(status == 202 || body["errors"][0]["code"].is_string(), "{body}");
     }
+    // The administrator follows the job to its report.
+    let report = run_job(&c, &b.url(""), "/_berth/gc?dryrun=true", Some(("admin", "admin-pw"))).await;
+    assert_eq!(report["dry_run"], true, "{report}");
     assert_eq!(ask(reqwest::Method::GET, "/_berth/quotas", Some("reader")).await.status(), 403);
 
     let repo = "/_berth/repositories/team/app";

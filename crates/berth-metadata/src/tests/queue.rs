@@ -12,6 +12,7 @@ on_both!(
     work_is_enqueued_exactly_when_its_change_commits,
     a_write_transaction_commits_all_or_nothing,
     kinds_are_separate_and_stats_count_each_state,
+    jobs_are_created_with_their_work_and_finished_once,
 );
 
 const KIND: &str = "test.work";
@@ -175,6 +176,44 @@ async fn kinds_are_separate_and_stats_count_each_state(md: Metadata) {
     assert!(s.oldest.is_some_and(|t| t <= now_millis()));
     assert_eq!(md.queue_stats("b").await.unwrap().ready, 1);
     assert_eq!(md.queue_stats("none").await.unwrap(), QueueStats::default());
+}
+
+async fn jobs_are_created_with_their_work_and_finished_once(md: Metadata) {
+    let id = *u("job-1");
+    let mut tx = md.write_tx().await.unwrap();
+    tx.create_job(&id, "gc", r#"{"dry_run":true}"#).await.unwrap();
+    tx.enqueue("admin", &id.to_string(), Duration::ZERO).await.unwrap();
+    tx.commit().await.unwrap();
+    let job = md.job(&id).await.unwrap().unwrap();
+    assert_eq!((job.kind.as_str(), job.state.as_str(), job.started_at), ("gc", "queued", None));
+    let item = md.claim("admin", 1, &policy()).await.unwrap().remove(0);
+    assert_eq!(item.payload, id.to_string());
+    md.job_running(&id, Some(r#"{"phase":"blobs"}"#)).await.unwrap();
+    md.job_queued(&id).await.unwrap();
+    md.job_running(&id, None).await.unwrap();
+    let job = md.job(&id).await.unwrap().unwrap();
+    assert_eq!((job.state.as_str(), job.progress.as_deref()), ("running", Some(r#"{"phase":"blobs"}"#)));
+    assert!(job.started_at.is_some());
+    md.finish_job(&id, Ok(r#"{"blobs_deleted":0}"#)).await.unwrap();
+    md.job_running(&id, None).await.unwrap();
+    let job = md.job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state.as_str(), job.result.as_deref()),
+        ("done", Some(r#"{"blobs_deleted":0}"#)),
+        "finished stays finished"
+    );
+    assert!(job.finished_at.is_some());
+    let failed = *u("job-2");
+    md.write_tx().await.unwrap().create_job(&failed, "retention", "{}").await.unwrap();
+    assert_eq!(md.job(&failed).await.unwrap(), None, "not committed");
+    let mut tx = md.write_tx().await.unwrap();
+    tx.create_job(&failed, "retention", "{}").await.unwrap();
+    tx.commit().await.unwrap();
+    md.finish_job(&failed, Err("deletes are disabled")).await.unwrap();
+    let recent = md.recent_jobs(10).await.unwrap();
+    assert_eq!(recent.len(), 2);
+    assert_eq!(md.job(&failed).await.unwrap().unwrap().error.as_deref(), Some("deletes are disabled"));
+    assert_eq!(md.job(u("none")).await.unwrap(), None);
 }
 
 /// A claimer that crashes between claim and ack (its process gone, its

@@ -86,10 +86,42 @@ impl TestApp {
         TestApp { dir: Arc::new(dir), router, headers: Vec::new(), peer: LOCAL }
     }
 
-    pub async fn open(dir: &std::path::Path, rc: RegistryConfig, sc: ServerConfig) -> Router {
+    /// The router, and the worker that runs the jobs administrators queue
+    /// (as the server process runs it; it ends with the test's runtime).
+    pub async fn open(dir: &std::path::Path, rc: RegistryConfig, mut sc: ServerConfig) -> Router {
         let storage = Arc::new(FsDriver::new(dir.join("store")).unwrap());
         let (meta, _) = Metadata::open_sqlite(&dir.join("meta.sqlite")).await.unwrap();
-        berth_server::router(Registry::new(storage, meta, rc), sc)
+        let registry = Registry::new(storage, meta, rc);
+        let mut runner = berth_jobs::Runner::new();
+        sc.jobs = berth_jobs::JobsHandle::with_board(runner.board());
+        let settings =
+            berth_jobs::JobSettings { gc_grace: std::time::Duration::from_secs(3600), retention: Vec::new() };
+        runner.spawn(Box::new(berth_jobs::AdminJobs::new(registry.clone(), settings, sc.jobs.clone())));
+        berth_server::router(registry, sc)
+    }
+
+    /// Queues a job (`POST /_berth/gc…`), expects `202` with its status
+    /// URL, and follows it to its end: the report of a job done, or the
+    /// error of one that failed.
+    pub async fn job(&self, uri: &str) -> Result<serde_json::Value, String> {
+        let r = self.send(Method::POST, uri, &[], "").await;
+        r.expect(202);
+        let queued = r.json();
+        assert_eq!(queued["state"], "queued", "{queued}");
+        let status = r.header("location").strip_prefix("http://registry.test:5000").unwrap().to_owned();
+        assert_eq!(status, format!("/_berth/jobs/{}", queued["id"].as_str().unwrap()));
+        // Bounded: the jobs of these tests take milliseconds.
+        for _ in 0..3000 {
+            let job = self.get(&status).await;
+            job.expect(200);
+            let job = job.json();
+            match job["state"].as_str() {
+                Some("done") => return Ok(job["result"].clone()),
+                Some("failed") => return Err(job["error"].as_str().unwrap_or("").to_owned()),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+        panic!("job {status} did not finish: {}", self.get("/_berth/jobs").await.json());
     }
 
     pub async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {

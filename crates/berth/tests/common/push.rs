@@ -179,3 +179,26 @@ pub async fn check_image(c: &reqwest::Client, base: &str, img: &PushedImage) -> 
     }
     Ok(())
 }
+
+/// Queues an administration job (`POST <base><path>`), expects `202` with its
+/// status URL, and follows it to its end: the report of a job done, or a
+/// panic naming the error of one that failed.
+pub async fn run_job(c: &reqwest::Client, base: &str, path: &str, auth: Option<(&str, &str)>) -> serde_json::Value {
+    let with = |r: reqwest::RequestBuilder| match auth {
+        Some((u, p)) => r.basic_auth(u, Some(p)),
+        None => r,
+    };
+    let r = with(c.post(format!("{base}{path}"))).send().await.expect("queue a job");
+    assert_eq!(r.status(), 202, "{path}");
+    let status = r.headers().get("location").expect("status URL").to_str().expect("ascii").to_owned();
+    // Bounded: two minutes at most, on a slow machine.
+    for _ in 0..1200 {
+        let job: serde_json::Value = with(c.get(&status)).send().await.expect("job").json().await.expect("job json");
+        match job["state"].as_str() {
+            Some("done") => return job["result"].clone(),
+            Some("failed") => panic!("{path}: the job failed: {job}"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    panic!("{path}: the job did not finish");
+}
