@@ -9,6 +9,7 @@ pub mod hash;
 pub mod manifest;
 pub mod name;
 pub mod pattern;
+pub mod secret;
 pub mod time;
 
 pub use digest::{Digest, DigestError};

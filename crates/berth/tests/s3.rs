@@ -19,7 +19,7 @@ fn driver_config(g: &Garage, root: &str) -> S3Config {
         region: g.region.clone(),
         bucket: g.bucket.clone(),
         access_key: g.access_key.clone(),
-        secret_key: g.secret_key.clone(),
+        secret_key: g.secret_key.as_str().into(),
         session_token: None,
         root: root.to_owned(),
         path_style: true,

@@ -8,6 +8,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use berth_types::secret::Secret;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -21,8 +22,8 @@ pub(crate) struct ClientConfig {
     pub region: String,
     pub bucket: String,
     pub access_key: String,
-    pub secret_key: String,
-    pub session_token: Option<String>,
+    pub secret_key: Secret,
+    pub session_token: Option<Secret>,
     pub path_style: bool,
     pub skip_verify: bool,
     /// PEM certificates trusted besides the built-in roots.
@@ -268,7 +269,7 @@ impl Client {
         headers.push(("x-amz-date".into(), stamp.clone()));
         headers.push(("x-amz-content-sha256".into(), "UNSIGNED-PAYLOAD".into()));
         if let Some(t) = &self.cfg.session_token {
-            headers.push(("x-amz-security-token".into(), t.clone()));
+            headers.push(("x-amz-security-token".into(), t.expose().to_owned()));
         }
         headers.sort();
         let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{}\n", v.trim())).collect();
@@ -285,7 +286,7 @@ impl Client {
 
     fn signature(&self, date: &str, stamp: &str, scope: &str, canonical_request: &str) -> String {
         let sts = format!("AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{}", hex::encode(Sha256::digest(canonical_request)));
-        let k = hmac(format!("AWS4{}", self.cfg.secret_key).as_bytes(), date.as_bytes());
+        let k = hmac(format!("AWS4{}", self.cfg.secret_key.expose()).as_bytes(), date.as_bytes());
         let k = hmac(&k, self.cfg.region.as_bytes());
         let k = hmac(&k, b"s3");
         let k = hmac(&k, b"aws4_request");
@@ -306,7 +307,7 @@ impl Client {
             ("X-Amz-SignedHeaders".into(), "host".into()),
         ];
         if let Some(t) = &self.cfg.session_token {
-            q.push(("X-Amz-Security-Token".into(), t.clone()));
+            q.push(("X-Amz-Security-Token".into(), t.expose().to_owned()));
         }
         let mut q: Vec<(String, String)> = q.iter().map(|(k, v)| (uri_encode(k, true), uri_encode(v, true))).collect();
         q.sort();

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use berth_types::secret::Secret;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -40,8 +41,8 @@ pub struct S3Config {
     pub region: String,
     pub bucket: String,
     pub access_key: String,
-    pub secret_key: String,
-    pub session_token: Option<String>,
+    pub secret_key: Secret,
+    pub session_token: Option<Secret>,
     /// Key prefix, without leading or trailing `/`; empty for the bucket root.
     pub root: String,
     pub path_style: bool,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use berth_types::secret::Secret;
 use serde::Deserialize;
 
 /// Berth: the metadata database. `driver: sqlite` (the default) embeds it in
@@ -21,7 +22,7 @@ pub struct DatabaseConfig {
     /// PostgreSQL: `postgres://user:password@host:5432/berth[?sslmode=...]`,
     /// also from `REGISTRY_DATABASE_DSN`. Never logged with its password.
     #[serde(default)]
-    pub dsn: Option<String>,
+    pub dsn: Option<Secret>,
     /// PostgreSQL: connections this instance keeps at most (default 20).
     #[serde(default)]
     pub maxconnections: Option<u32>,
@@ -32,7 +33,7 @@ pub(crate) const DEFAULT_DB_CONNECTIONS: u32 = 20;
 impl DatabaseConfig {
     /// The DSN when the driver is PostgreSQL.
     pub fn postgres_dsn(&self) -> Option<&str> {
-        (self.driver.as_deref() == Some("postgres")).then_some(self.dsn.as_deref()).flatten()
+        (self.driver.as_deref() == Some("postgres")).then_some(self.dsn.as_ref().map(Secret::expose)).flatten()
     }
 
     pub fn max_connections(&self) -> u32 {
@@ -42,7 +43,7 @@ impl DatabaseConfig {
     /// The DSN with its password (in the URL or as a `password=` parameter)
     /// replaced by `***`, for messages and logs.
     pub fn redacted_dsn(&self) -> Option<String> {
-        self.dsn.as_deref().map(redact_dsn)
+        self.dsn.as_ref().map(Secret::expose).map(redact_dsn)
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -53,7 +54,7 @@ impl DatabaseConfig {
                 }
             }
             Some("postgres") => {
-                let dsn = self.dsn.as_deref().map(str::trim).unwrap_or_default();
+                let dsn = self.dsn.as_ref().map(Secret::expose).map(str::trim).unwrap_or_default();
                 if dsn.is_empty() {
                     bail!(
                         "database.dsn: required with database.driver: postgres, \

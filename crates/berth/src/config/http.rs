@@ -21,7 +21,7 @@ pub struct HttpConfig {
     /// its database, so instances need no shared secret. Accepted and unused.
     #[serde(default)]
     #[allow(dead_code)] // accepted for compatibility
-    pub secret: Option<String>,
+    pub secret: Option<berth_types::secret::Secret>,
     #[serde(default)]
     pub relativeurls: bool,
     #[serde(default = "default_drain", deserialize_with = "berth_types::duration::go")]

@@ -21,6 +21,7 @@ mod log;
 mod quotas;
 mod retention;
 mod s3;
+mod secrets;
 mod storage;
 
 pub use admin::{AdminConfig, UploadsConfig};
@@ -105,10 +106,11 @@ impl Config {
         Self::from_value(root)
     }
 
-    pub fn from_value(root: Value) -> Result<Config> {
+    pub fn from_value(mut root: Value) -> Result<Config> {
         if !root.is_mapping() {
             bail!("configuration must be a mapping of keys");
         }
+        secrets::read_secret_files(&mut root)?;
         let present = |key: &str| env::lookup(&root, key).is_some_and(|v| !v.is_null());
         let refused: Vec<String> =
             UNSUPPORTED.iter().filter(|(k, _)| present(k)).map(|(k, why)| format!("{k}: {why}")).collect();

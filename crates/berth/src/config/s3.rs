@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use berth_storage::s3::{S3Config, MIN_CHUNK_SIZE};
+use berth_types::secret::Secret;
 use serde::Deserialize;
 
 /// How long a presigned blob URL stays valid (distribution: 20 minutes).
@@ -16,9 +17,9 @@ pub struct S3Section {
     #[serde(default)]
     pub accesskey: Option<String>,
     #[serde(default)]
-    pub secretkey: Option<String>,
+    pub secretkey: Option<Secret>,
     #[serde(default)]
-    pub sessiontoken: Option<String>,
+    pub sessiontoken: Option<Secret>,
     #[serde(default)]
     pub region: Option<String>,
     #[serde(default)]
@@ -69,7 +70,7 @@ pub struct OssSection {
     #[serde(default)]
     pub accesskeyid: Option<String>,
     #[serde(default)]
-    pub accesskeysecret: Option<String>,
+    pub accesskeysecret: Option<Secret>,
     #[serde(default)]
     pub region: Option<String>,
     #[serde(default)]
@@ -155,6 +156,10 @@ fn env_or(v: Option<&String>, var: &str, env: &dyn Fn(&str) -> Option<String>) -
     v.cloned().filter(|s| !s.is_empty()).or_else(|| env(var).filter(|s| !s.is_empty()))
 }
 
+fn secret_env_or(v: Option<&Secret>, var: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<Secret> {
+    v.cloned().filter(|s| !s.is_empty()).or_else(|| env(var).filter(|s| !s.is_empty()).map(Secret::from))
+}
+
 fn user_agent(custom: Option<&str>) -> String {
     custom.map(str::to_owned).unwrap_or_else(|| format!("berth/{}", env!("CARGO_PKG_VERSION")))
 }
@@ -180,7 +185,7 @@ impl S3Section {
             tracing::warn!("storage.s3.v4auth: false is ignored: requests are signed with Signature Version 4");
         }
         let access_key = env_or(self.accesskey.as_ref(), "AWS_ACCESS_KEY_ID", env);
-        let secret_key = env_or(self.secretkey.as_ref(), "AWS_SECRET_ACCESS_KEY", env);
+        let secret_key = secret_env_or(self.secretkey.as_ref(), "AWS_SECRET_ACCESS_KEY", env);
         let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
             bail!("storage.s3: accesskey and secretkey are required (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)");
         };
@@ -203,7 +208,7 @@ impl S3Section {
             bucket,
             access_key,
             secret_key,
-            session_token: env_or(self.sessiontoken.as_ref(), "AWS_SESSION_TOKEN", env),
+            session_token: secret_env_or(self.sessiontoken.as_ref(), "AWS_SESSION_TOKEN", env),
             root: root_prefix(self.rootdirectory.as_deref()),
             path_style,
             skip_verify: self.skipverify.unwrap_or(false),
@@ -233,7 +238,7 @@ impl OssSection {
             None => oss_endpoint(&region, self.internal.unwrap_or(false), secure),
         };
         let access_key = env_or(self.accesskeyid.as_ref(), "OSS_ACCESS_KEY_ID", env);
-        let secret_key = env_or(self.accesskeysecret.as_ref(), "OSS_ACCESS_KEY_SECRET", env);
+        let secret_key = secret_env_or(self.accesskeysecret.as_ref(), "OSS_ACCESS_KEY_SECRET", env);
         let (Some(access_key), Some(secret_key)) = (access_key, secret_key) else {
             bail!("storage.oss: accesskeyid and accesskeysecret are required");
         };

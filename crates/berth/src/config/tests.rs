@@ -195,7 +195,7 @@ fn environment_values_take_the_type_of_their_key() {
     )
     .unwrap();
     assert_eq!(c.http.addr, "5300");
-    assert_eq!(c.http.secret.as_deref(), Some("0123"), "text stays text, leading zero and all");
+    assert_eq!(c.http.secret.as_ref().map(|s| s.expose()), Some("0123"), "text stays text, leading zero and all");
     assert!(c.storage.delete.enabled && c.http.relativeurls);
     assert_eq!(c.catalog.maxentries, 20);
     assert_eq!(c.log.fields["service"], serde_json::json!("123"));
@@ -381,4 +381,37 @@ fn database_errors_name_the_key_and_hide_the_password() {
     assert!(!format!("{c:?}").contains("s3cret"), "Debug output hides the password");
     assert_eq!(redact_dsn("postgres://berth@db/b"), "postgres://berth@db/b");
     assert_eq!(redact_dsn("postgres://db"), "postgres://db");
+}
+
+#[test]
+fn secrets_come_from_files_and_never_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("s3-secret");
+    std::fs::write(&key, "s3cret-from-a-file\n").unwrap();
+    let dsn = dir.path().join("dsn");
+    std::fs::write(&dsn, "postgres://berth:pw-in-file@127.0.0.1:5432/berth").unwrap();
+    let yaml = format!(
+        "storage:\n  s3:\n    accesskey: AK\n    secretkey_file: {}\n    region: r\n    regionendpoint: http://127.0.0.1:3900\n    bucket: b\n\
+         database:\n  driver: postgres\n  dsn_file: {}\n",
+        key.display(),
+        dsn.display()
+    );
+    let c = load(&yaml, &[]).unwrap();
+    let s3 = c.object_store(&|_| None).unwrap().unwrap();
+    assert_eq!(s3.secret_key.expose(), "s3cret-from-a-file", "the trailing newline is dropped");
+    assert_eq!(c.database.postgres_dsn(), Some("postgres://berth:pw-in-file@127.0.0.1:5432/berth"));
+    let shown = format!("{s3:?} {:?}", c.storage.s3);
+    assert!(!shown.contains("s3cret") && shown.contains("***"), "{shown}");
+
+    let both = yaml.replace("    accesskey: AK\n", "    accesskey: AK\n    secretkey: inline\n");
+    let e = load(&both, &[]).unwrap_err().to_string();
+    assert_eq!(e, "storage.s3.secretkey and storage.s3.secretkey_file are both set: give one of them");
+    let missing = format!("http:\n  secret_file: {}\n", dir.path().join("nope").display());
+    let e = format!("{:#}", load(&missing, &[]).unwrap_err());
+    assert!(e.starts_with("http.secret_file: reading "), "{e}");
+    std::fs::write(dir.path().join("empty"), "\n").unwrap();
+    let empty = format!("http:\n  secret_file: {}\n", dir.path().join("empty").display());
+    assert!(load(&empty, &[]).unwrap_err().to_string().ends_with("is empty"));
+    let e = load("http:\n  secret_file: [a]\n", &[]).unwrap_err().to_string();
+    assert_eq!(e, "http.secret_file: must be the path of a file holding the value");
 }
