@@ -6,7 +6,7 @@ use berth_storage::layout;
 use berth_types::{Digest, RepoName};
 use futures_util::TryStreamExt;
 
-use crate::{ignore_missing, BodyStream, Registry, RegistryError, Result};
+use crate::{ignore_missing, BodyStream, Caller, Registry, RegistryError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobInfo {
@@ -44,17 +44,24 @@ impl Registry {
         }
     }
 
-    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+    pub async fn delete_blob(&self, caller: &Caller, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.check_delete()?;
         if !self.inner.meta.unlink_blob(repo, digest).await? {
             return Err(RegistryError::BlobUnknown);
         }
         ignore_missing(self.inner.storage.delete(&layout::layer_link(repo, digest)).await)?;
+        caller.did("delete blob", repo, digest);
         Ok(())
     }
 
     /// Links a blob readable in `from` into `repo`. None when `from` lacks it.
-    pub async fn mount_blob(&self, repo: &RepoName, from: &RepoName, digest: &Digest) -> Result<Option<BlobInfo>> {
+    pub async fn mount_blob(
+        &self,
+        caller: &Caller,
+        repo: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobInfo>> {
         self.check_writable()?;
         let Some(size) = self.inner.meta.repository_blob_size(from, digest).await? else {
             return Ok(None);
@@ -66,6 +73,7 @@ impl Registry {
             return Ok(None);
         }
         self.write_layer_link(repo, digest).await?;
+        caller.did("mount blob", repo, digest);
         Ok(Some(BlobInfo { size }))
     }
 

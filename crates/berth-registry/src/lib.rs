@@ -20,6 +20,7 @@ use futures_util::Stream;
 use uuid::Uuid;
 
 mod blobs;
+mod caller;
 mod content_cache;
 mod error;
 pub mod gc;
@@ -37,6 +38,7 @@ pub mod retention;
 mod uploads;
 
 pub use blobs::BlobInfo;
+pub use caller::Caller;
 pub use listing::Page;
 pub use manifests::{Manifest, ManifestMeta, PutManifestResult};
 pub use uploads::{ChunkRange, UploadStatus};

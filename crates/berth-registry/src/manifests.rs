@@ -6,7 +6,7 @@ use berth_storage::layout;
 use berth_types::{Digest, ManifestInfo, Reference, RepoName, MAX_MANIFEST_SIZE};
 use bytes::Bytes;
 
-use crate::{ignore_missing, locks, Registry, RegistryError, Result};
+use crate::{ignore_missing, locks, Caller, Registry, RegistryError, Result};
 
 #[derive(Debug, Clone)]
 pub struct ManifestMeta {
@@ -41,11 +41,12 @@ impl Registry {
         self.resolve(repo, reference).await
     }
 
-    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest> {
+    pub async fn get_manifest(&self, caller: &Caller, repo: &RepoName, reference: &Reference) -> Result<Manifest> {
         let meta = self.resolve(repo, reference).await?;
         if let Reference::Tag(t) = reference {
             self.note_pull(repo, t);
         }
+        caller.did("pull manifest", repo, reference);
         if let Some(content) = self.inner.manifests.get(&meta.digest) {
             return Ok(Manifest { meta, content });
         }
@@ -69,6 +70,7 @@ impl Registry {
 
     pub async fn put_manifest(
         &self,
+        caller: &Caller,
         repo: &RepoName,
         reference: &Reference,
         content_type: Option<&str>,
@@ -131,6 +133,7 @@ impl Registry {
                 return Err(RegistryError::ManifestBlobUnknown(d));
             }
         }
+        caller.did("push manifest", repo, &digest);
         Ok(PutManifestResult { digest, subject: info.subject.map(|s| s.digest) })
     }
 
@@ -161,7 +164,7 @@ impl Registry {
 
     /// Deleting by digest removes the manifest and every tag pointing at it;
     /// deleting by tag removes only the tag.
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+    pub async fn delete_manifest(&self, caller: &Caller, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.check_delete()?;
         let _tags = self.lock_repository(repo).await?;
         let storage = &self.inner.storage;
@@ -182,6 +185,7 @@ impl Registry {
                 ignore_missing(storage.delete(&layout::revision_link(repo, d)).await)?;
             }
         }
+        caller.did("delete manifest", repo, reference);
         Ok(())
     }
 }

@@ -36,7 +36,7 @@ fn name(s: &str) -> RepoName {
 
 async fn push_blob(reg: &Registry, repo: &RepoName, data: &[u8]) -> Digest {
     let d = Digest::of_bytes(data);
-    reg.put_blob(repo, &d, Some(data.len() as u64), body(&[data])).await.unwrap();
+    reg.put_blob(&Caller::internal("test"), repo, &d, Some(data.len() as u64), body(&[data])).await.unwrap();
     d
 }
 
@@ -78,7 +78,10 @@ async fn chunked_upload_resumes_after_restart_and_commits() {
     assert!(matches!(err, RegistryError::RangeInvalid { size: 100_000 }), "{err:?}");
     reg.append_upload(&repo, &id, None, None, body(&[&data[100_000..200_000]])).await.unwrap();
     let digest = Digest::of_bytes(&data);
-    let info = reg.complete_upload(&repo, &id, &digest, None, None, Some(body(&[&data[200_000..]]))).await.unwrap();
+    let info = reg
+        .complete_upload(&Caller::internal("test"), &repo, &id, &digest, None, None, Some(body(&[&data[200_000..]])))
+        .await
+        .unwrap();
     assert_eq!(info.size, data.len() as u64);
     assert_eq!(reg.stat_blob(&repo, &digest).await.unwrap().size, data.len() as u64);
     let stored = std::fs::read(
@@ -115,7 +118,10 @@ async fn a_failed_chunk_leaves_the_upload_where_it_was() {
     let short = e.reg.append_upload(&repo, &up.id, Some(ChunkRange { start: 6, end: 20 }), None, body(&[b"abc"])).await;
     assert!(matches!(short, Err(RegistryError::SizeInvalid(_))), "{short:?}");
     let d = Digest::of_bytes(b"hello world");
-    e.reg.complete_upload(&repo, &up.id, &d, None, None, Some(body(&[b"world"]))).await.unwrap();
+    e.reg
+        .complete_upload(&Caller::internal("test"), &repo, &up.id, &d, None, None, Some(body(&[b"world"])))
+        .await
+        .unwrap();
     let got = e.reg.read_blob(&d, 0, 11).await.unwrap();
     let bytes: Vec<Bytes> = futures_util::TryStreamExt::try_collect(got).await.unwrap();
     assert_eq!(bytes.concat(), b"hello world");
@@ -126,7 +132,7 @@ async fn digest_mismatch_cancels_and_stores_nothing() {
     let e = env().await;
     let repo = name("r");
     let wrong = Digest::of_bytes(b"other");
-    let err = e.reg.put_blob(&repo, &wrong, None, body(&[b"content"])).await.unwrap_err();
+    let err = e.reg.put_blob(&Caller::internal("test"), &repo, &wrong, None, body(&[b"content"])).await.unwrap_err();
     assert!(matches!(err, RegistryError::DigestInvalid(_)));
     assert!(matches!(e.reg.stat_blob(&repo, &wrong).await, Err(RegistryError::BlobUnknown)));
     let actual = Digest::of_bytes(b"content");
@@ -142,7 +148,7 @@ async fn empty_blob_can_be_uploaded() {
     let repo = name("r");
     let up = e.reg.start_upload(&repo).await.unwrap();
     let d = Digest::of_bytes(b"");
-    e.reg.complete_upload(&repo, &up.id, &d, None, Some(0), None).await.unwrap();
+    e.reg.complete_upload(&Caller::internal("test"), &repo, &up.id, &d, None, Some(0), None).await.unwrap();
     assert_eq!(e.reg.stat_blob(&repo, &d).await.unwrap().size, 0);
 }
 
@@ -151,8 +157,8 @@ async fn mount_links_only_blobs_the_source_has() {
     let e = env().await;
     let (a, b) = (name("a"), name("b"));
     let d = push_blob(&e.reg, &a, b"layer").await;
-    assert!(e.reg.mount_blob(&b, &name("c"), &d).await.unwrap().is_none());
-    assert_eq!(e.reg.mount_blob(&b, &a, &d).await.unwrap(), Some(BlobInfo { size: 5 }));
+    assert!(e.reg.mount_blob(&Caller::internal("test"), &b, &name("c"), &d).await.unwrap().is_none());
+    assert_eq!(e.reg.mount_blob(&Caller::internal("test"), &b, &a, &d).await.unwrap(), Some(BlobInfo { size: 5 }));
     assert_eq!(e.reg.stat_blob(&b, &d).await.unwrap().size, 5);
 }
 
@@ -164,31 +170,43 @@ async fn manifests_round_trip_byte_exact_and_need_their_blobs() {
     let missing = Digest::of_bytes(b"missing layer");
     let m = image_manifest(&config, 2, &[(&missing, 13)]);
     let tag = Reference::parse("v1").unwrap();
-    let err = e.reg.put_manifest(&repo, &tag, Some(berth_types::media::OCI_MANIFEST), m).await.unwrap_err();
+    let err = e
+        .reg
+        .put_manifest(&Caller::internal("test"), &repo, &tag, Some(berth_types::media::OCI_MANIFEST), m)
+        .await
+        .unwrap_err();
     assert!(matches!(err, RegistryError::ManifestBlobUnknown(ref d) if *d == missing), "{err:?}");
     assert!(!e.dir.path().join("store/docker/registry/v2/repositories/app/_manifests").exists());
 
     let layer = push_blob(&e.reg, &repo, b"missing layer").await;
     let m = image_manifest(&config, 2, &[(&layer, 13)]);
-    let res = e.reg.put_manifest(&repo, &tag, None, m.clone()).await.unwrap();
+    let res = e.reg.put_manifest(&Caller::internal("test"), &repo, &tag, None, m.clone()).await.unwrap();
     assert_eq!(res.digest, Digest::of_bytes(&m));
-    let got = e.reg.get_manifest(&repo, &tag).await.unwrap();
+    let got = e.reg.get_manifest(&Caller::internal("test"), &repo, &tag).await.unwrap();
     assert_eq!(got.content, m);
     assert_eq!(got.meta.media_type, berth_types::media::OCI_MANIFEST);
-    let by_digest = e.reg.get_manifest(&repo, &Reference::Digest(res.digest.clone())).await.unwrap();
+    let by_digest =
+        e.reg.get_manifest(&Caller::internal("test"), &repo, &Reference::Digest(res.digest.clone())).await.unwrap();
     assert_eq!(by_digest.content, m);
 
     // Wrong digest in the URL.
-    let err = e.reg.put_manifest(&repo, &Reference::Digest(config.clone()), None, m.clone()).await.unwrap_err();
+    let err = e
+        .reg
+        .put_manifest(&Caller::internal("test"), &repo, &Reference::Digest(config.clone()), None, m.clone())
+        .await
+        .unwrap_err();
     assert!(matches!(err, RegistryError::DigestInvalid(_)));
 
     // Deleting the tag untags only.
-    e.reg.delete_manifest(&repo, &tag).await.unwrap();
-    assert!(matches!(e.reg.get_manifest(&repo, &tag).await, Err(RegistryError::ManifestUnknown)));
-    e.reg.get_manifest(&repo, &Reference::Digest(res.digest.clone())).await.unwrap();
-    e.reg.delete_manifest(&repo, &Reference::Digest(res.digest.clone())).await.unwrap();
+    e.reg.delete_manifest(&Caller::internal("test"), &repo, &tag).await.unwrap();
     assert!(matches!(
-        e.reg.get_manifest(&repo, &Reference::Digest(res.digest)).await,
+        e.reg.get_manifest(&Caller::internal("test"), &repo, &tag).await,
+        Err(RegistryError::ManifestUnknown)
+    ));
+    e.reg.get_manifest(&Caller::internal("test"), &repo, &Reference::Digest(res.digest.clone())).await.unwrap();
+    e.reg.delete_manifest(&Caller::internal("test"), &repo, &Reference::Digest(res.digest.clone())).await.unwrap();
+    assert!(matches!(
+        e.reg.get_manifest(&Caller::internal("test"), &repo, &Reference::Digest(res.digest)).await,
         Err(RegistryError::ManifestUnknown)
     ));
 }
@@ -200,11 +218,11 @@ async fn deletes_and_writes_obey_the_switches() {
         open_at(dir.path(), RegistryConfig { delete_enabled: false, read_only: false, ..Default::default() }).await;
     let repo = name("r");
     let d = push_blob(&reg, &repo, b"x").await;
-    assert!(matches!(reg.delete_blob(&repo, &d).await, Err(RegistryError::Unsupported(_))));
+    assert!(matches!(reg.delete_blob(&Caller::internal("test"), &repo, &d).await, Err(RegistryError::Unsupported(_))));
     reg.metadata().close().await;
     let reg = open_at(dir.path(), RegistryConfig { delete_enabled: true, read_only: true, ..Default::default() }).await;
     assert!(matches!(reg.start_upload(&repo).await, Err(RegistryError::ReadOnly)));
-    assert!(matches!(reg.delete_blob(&repo, &d).await, Err(RegistryError::ReadOnly)));
+    assert!(matches!(reg.delete_blob(&Caller::internal("test"), &repo, &d).await, Err(RegistryError::ReadOnly)));
     assert_eq!(reg.stat_blob(&repo, &d).await.unwrap().size, 1, "reads still work");
 }
 
@@ -223,9 +241,11 @@ async fn concurrent_pushes_of_the_same_blob_and_tag_stay_consistent() {
         tasks.push(tokio::spawn(async move {
             let parts: Vec<Result<Bytes, io::Error>> =
                 data.chunks(100_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-            reg.put_blob(&repo, &digest, None, Box::pin(stream::iter(parts))).await.unwrap();
+            reg.put_blob(&Caller::internal("test"), &repo, &digest, None, Box::pin(stream::iter(parts))).await.unwrap();
             let m = image_manifest(&digest, data.len(), &[]);
-            reg.put_manifest(&repo, &Reference::parse("latest").unwrap(), None, m).await.unwrap();
+            reg.put_manifest(&Caller::internal("test"), &repo, &Reference::parse("latest").unwrap(), None, m)
+                .await
+                .unwrap();
             i
         }));
     }
@@ -255,7 +275,7 @@ async fn concurrent_pushes_of_one_tag_leave_storage_and_metadata_agreeing() {
                     r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[],"annotations":{{"n":"{round}-{i}"}}}}"#,
                     berth_types::media::OCI_MANIFEST
                 ));
-                reg.put_manifest(&repo, &tag, None, m).await.unwrap();
+                reg.put_manifest(&Caller::internal("test"), &repo, &tag, None, m).await.unwrap();
             }));
         }
         for t in tasks {
@@ -280,7 +300,7 @@ async fn listings_paginate() {
         let config = push_blob(&e.reg, &repo, b"{}").await;
         for t in ["t3", "t1", "t2"] {
             let m = image_manifest(&config, 2, &[]);
-            e.reg.put_manifest(&repo, &Reference::parse(t).unwrap(), None, m).await.unwrap();
+            e.reg.put_manifest(&Caller::internal("test"), &repo, &Reference::parse(t).unwrap(), None, m).await.unwrap();
         }
     }
     assert_eq!(e.reg.catalog(2, None).await.unwrap(), Page { items: vec![name("a"), name("b")], more: true });
@@ -297,7 +317,11 @@ async fn import_rebuilds_the_index_from_storage() {
     let config = push_blob(&e.reg, &repo, b"{\"a\":1}").await;
     let layer = push_blob(&e.reg, &repo, b"layer bytes").await;
     let m = image_manifest(&config, 7, &[(&layer, 11)]);
-    let res = e.reg.put_manifest(&repo, &Reference::parse("v1").unwrap(), None, m.clone()).await.unwrap();
+    let res = e
+        .reg
+        .put_manifest(&Caller::internal("test"), &repo, &Reference::parse("v1").unwrap(), None, m.clone())
+        .await
+        .unwrap();
     let index = Bytes::from(format!(
         r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","digest":"{}","size":{}}}]}}"#,
         berth_types::media::OCI_INDEX,
@@ -305,7 +329,10 @@ async fn import_rebuilds_the_index_from_storage() {
         res.digest,
         m.len()
     ));
-    e.reg.put_manifest(&repo, &Reference::parse("multi").unwrap(), None, index).await.unwrap();
+    e.reg
+        .put_manifest(&Caller::internal("test"), &repo, &Reference::parse("multi").unwrap(), None, index)
+        .await
+        .unwrap();
     e.reg.metadata().close().await;
 
     // A fresh database over the same store.
@@ -317,7 +344,10 @@ async fn import_rebuilds_the_index_from_storage() {
     let summary = import::import(reg.storage().as_ref(), reg.metadata(), &import::Quiet).await.unwrap();
     assert_eq!(summary, import::ImportSummary { repositories: 1, blobs: 2, manifests: 2, tags: 2, skipped: 0 });
     assert_eq!(reg.list_tags(&repo, None, None).await.unwrap().items, vec!["multi", "v1"]);
-    assert_eq!(reg.get_manifest(&repo, &Reference::parse("v1").unwrap()).await.unwrap().content, m);
+    assert_eq!(
+        reg.get_manifest(&Caller::internal("test"), &repo, &Reference::parse("v1").unwrap()).await.unwrap().content,
+        m
+    );
     assert_eq!(reg.stat_blob(&repo, &layer).await.unwrap().size, 11);
     // Idempotent.
     let again = import::import(reg.storage().as_ref(), reg.metadata(), &import::Quiet).await.unwrap();
@@ -386,7 +416,7 @@ async fn a_cancelled_collection_stops_between_steps_and_the_next_run_finishes() 
     let repo = name("c/app");
     let config = push_blob(&e.reg, &repo, b"{}").await;
     let m = image_manifest(&config, 2, &[]);
-    e.reg.put_manifest(&repo, &Reference::parse("v1").unwrap(), None, m).await.unwrap();
+    e.reg.put_manifest(&Caller::internal("test"), &repo, &Reference::parse("v1").unwrap(), None, m).await.unwrap();
     let orphan = push_blob(&e.reg, &repo, b"orphan of a cancelled run").await;
     settle().await;
     for phase in ["untagged manifests", "blobs"] {
@@ -420,7 +450,7 @@ async fn gc_takes_unreferenced_blobs_past_the_grace_period_only() {
     let layer = push_blob(&e.reg, &repo, b"layer").await;
     let orphan = push_blob(&e.reg, &repo, b"pushed, never referenced").await;
     let m = image_manifest(&config, 2, &[(&layer, 5)]);
-    e.reg.put_manifest(&repo, &Reference::parse("v1").unwrap(), None, m).await.unwrap();
+    e.reg.put_manifest(&Caller::internal("test"), &repo, &Reference::parse("v1").unwrap(), None, m).await.unwrap();
     settle().await;
 
     let fresh = e.reg.collect_garbage(&gc(3_600_000, false), &NoProgress).await.unwrap();
@@ -452,7 +482,11 @@ async fn delete_untagged_keeps_index_children_and_referrers_of_kept_manifests() 
     for arch in ["amd64", "arm64"] {
         let layer = push_blob(&e.reg, &repo, arch.as_bytes()).await;
         let m = image_manifest(&config, 2, &[(&layer, arch.len())]);
-        let d = e.reg.put_manifest(&repo, &Reference::Digest(Digest::of_bytes(&m)), None, m.clone()).await.unwrap();
+        let d = e
+            .reg
+            .put_manifest(&Caller::internal("test"), &repo, &Reference::Digest(Digest::of_bytes(&m)), None, m.clone())
+            .await
+            .unwrap();
         children.push((d.digest, m.len()));
     }
     let entries: Vec<String> = children
@@ -464,8 +498,12 @@ async fn delete_untagged_keeps_index_children_and_referrers_of_kept_manifests() 
         berth_types::media::OCI_INDEX,
         entries.join(",")
     ));
-    let index_digest =
-        e.reg.put_manifest(&repo, &Reference::parse("latest").unwrap(), None, index).await.unwrap().digest;
+    let index_digest = e
+        .reg
+        .put_manifest(&Caller::internal("test"), &repo, &Reference::parse("latest").unwrap(), None, index)
+        .await
+        .unwrap()
+        .digest;
     // A signature of the first child, and an image nothing tags.
     let sig = Bytes::from(format!(
         r#"{{"schemaVersion":2,"mediaType":"{}","artifactType":"application/example.sig","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{config}","size":2}},"layers":[],"subject":{{"mediaType":"{}","digest":"{}","size":{}}}}}"#,
@@ -474,12 +512,20 @@ async fn delete_untagged_keeps_index_children_and_referrers_of_kept_manifests() 
         children[0].0,
         children[0].1
     ));
-    let sig_digest =
-        e.reg.put_manifest(&repo, &Reference::Digest(Digest::of_bytes(&sig)), None, sig).await.unwrap().digest;
+    let sig_digest = e
+        .reg
+        .put_manifest(&Caller::internal("test"), &repo, &Reference::Digest(Digest::of_bytes(&sig)), None, sig)
+        .await
+        .unwrap()
+        .digest;
     let lonely_layer = push_blob(&e.reg, &repo, b"only the untagged image has me").await;
     let lonely = image_manifest(&config, 2, &[(&lonely_layer, 30)]);
-    let lonely_digest =
-        e.reg.put_manifest(&repo, &Reference::Digest(Digest::of_bytes(&lonely)), None, lonely).await.unwrap().digest;
+    let lonely_digest = e
+        .reg
+        .put_manifest(&Caller::internal("test"), &repo, &Reference::Digest(Digest::of_bytes(&lonely)), None, lonely)
+        .await
+        .unwrap()
+        .digest;
     settle().await;
 
     let r = e.reg.collect_garbage(&gc(0, true), &NoProgress).await.unwrap();
@@ -487,10 +533,10 @@ async fn delete_untagged_keeps_index_children_and_referrers_of_kept_manifests() 
     assert!(r.blobs.contains(&lonely_layer.to_string()) && r.blobs.contains(&lonely_digest.to_string()), "{r:?}");
     assert_eq!(r.blobs_deleted, 2, "the untagged image's layer and its manifest bytes: {r:?}");
     for d in [&index_digest, &children[0].0, &children[1].0, &sig_digest] {
-        e.reg.get_manifest(&repo, &Reference::Digest(d.clone())).await.unwrap();
+        e.reg.get_manifest(&Caller::internal("test"), &repo, &Reference::Digest(d.clone())).await.unwrap();
     }
     assert!(matches!(
-        e.reg.get_manifest(&repo, &Reference::Digest(lonely_digest)).await,
+        e.reg.get_manifest(&Caller::internal("test"), &repo, &Reference::Digest(lonely_digest)).await,
         Err(RegistryError::ManifestUnknown)
     ));
 
@@ -498,7 +544,7 @@ async fn delete_untagged_keeps_index_children_and_referrers_of_kept_manifests() 
     let opts = GcOptions { delete_referrers: true, ..gc(0, true) };
     let r = e.reg.collect_garbage(&opts, &NoProgress).await.unwrap();
     assert_eq!(r.manifests, vec![format!("multi@{sig_digest}")]);
-    e.reg.get_manifest(&repo, &Reference::Digest(children[0].0.clone())).await.unwrap();
+    e.reg.get_manifest(&Caller::internal("test"), &repo, &Reference::Digest(children[0].0.clone())).await.unwrap();
 }
 
 #[tokio::test]
@@ -531,10 +577,19 @@ async fn a_dry_run_reports_what_the_real_run_frees_and_what_the_grace_period_kep
     let layer = push_blob(&e.reg, &repo, b"a layer only the untagged image names").await;
     let shared = push_blob(&e.reg, &repo, b"a layer the tagged image names too").await;
     let untagged = image_manifest(&config, 7, &[(&layer, 38), (&shared, 34)]);
-    let d = e.reg.put_manifest(&repo, &Reference::Digest(Digest::of_bytes(&untagged)), None, untagged.clone()).await;
+    let d = e
+        .reg
+        .put_manifest(
+            &Caller::internal("test"),
+            &repo,
+            &Reference::Digest(Digest::of_bytes(&untagged)),
+            None,
+            untagged.clone(),
+        )
+        .await;
     d.unwrap();
     let tagged = image_manifest(&config, 7, &[(&shared, 34)]);
-    e.reg.put_manifest(&repo, &Reference::parse("v1").unwrap(), None, tagged).await.unwrap();
+    e.reg.put_manifest(&Caller::internal("test"), &repo, &Reference::parse("v1").unwrap(), None, tagged).await.unwrap();
     settle().await;
     let young = push_blob(&e.reg, &repo, b"an orphan inside the grace period").await;
 
@@ -564,7 +619,7 @@ async fn push_tags_in_order(reg: &Registry, repo: &RepoName, tags: &[&str]) {
     for (i, t) in tags.iter().enumerate() {
         let layer = push_blob(reg, repo, t.as_bytes()).await;
         let m = image_manifest(&config, 2, &[(&layer, t.len())]);
-        reg.put_manifest(repo, &Reference::parse(t).unwrap(), None, m).await.unwrap();
+        reg.put_manifest(&Caller::internal("test"), repo, &Reference::parse(t).unwrap(), None, m).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(3 + i as u64)).await;
     }
 }
@@ -605,7 +660,16 @@ async fn retention_keeps_the_newest_and_protected_tags_and_dry_runs_change_nothi
     push_tags_in_order(&e.reg, &repo, &["t1", "release-1", "t2", "t3", "t4", "t5"]).await;
     let other = name("cache/app");
     let c2 = push_blob(&e.reg, &other, b"{}").await;
-    e.reg.put_manifest(&other, &Reference::parse("old").unwrap(), None, image_manifest(&c2, 2, &[])).await.unwrap();
+    e.reg
+        .put_manifest(
+            &Caller::internal("test"),
+            &other,
+            &Reference::parse("old").unwrap(),
+            None,
+            image_manifest(&c2, 2, &[]),
+        )
+        .await
+        .unwrap();
     let policy = RetentionPolicy {
         repositories: vec![berth_types::pattern::RepoPattern::parse("ci/**").unwrap()],
         keep_last: Some(2),
@@ -641,25 +705,37 @@ async fn quotas_refuse_what_would_exceed_and_count_shared_blobs_once() {
     let sixty = [1u8; 60];
     let d = push_blob(&reg, &a, &sixty).await;
     push_blob(&reg, &b, &sixty).await;
-    assert_eq!(reg.mount_blob(&name("team/c"), &a, &d).await.unwrap(), Some(BlobInfo { size: 60 }));
+    assert_eq!(
+        reg.mount_blob(&Caller::internal("test"), &name("team/c"), &a, &d).await.unwrap(),
+        Some(BlobInfo { size: 60 })
+    );
     let usage = reg.quota_usage().await.unwrap();
     assert_eq!(usage[0].used, 60, "one blob in three repositories counts once");
 
     let forty_one = [2u8; 41];
-    let err = reg.put_blob(&b, &Digest::of_bytes(&forty_one), None, body(&[&forty_one])).await.unwrap_err();
+    let err = reg
+        .put_blob(&Caller::internal("test"), &b, &Digest::of_bytes(&forty_one), None, body(&[&forty_one]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, RegistryError::QuotaExceeded(ref m) if m.contains("team")), "{err:?}");
     assert!(matches!(reg.stat_blob(&b, &Digest::of_bytes(&forty_one)).await, Err(RegistryError::BlobUnknown)));
     // A chunked upload is refused at its commit, and leaves nothing.
     let up = reg.start_upload(&b).await.unwrap();
     reg.append_upload(&b, &up.id, None, None, body(&[&forty_one])).await.unwrap();
-    let err = reg.complete_upload(&b, &up.id, &Digest::of_bytes(&forty_one), None, None, None).await.unwrap_err();
+    let err = reg
+        .complete_upload(&Caller::internal("test"), &b, &up.id, &Digest::of_bytes(&forty_one), None, None, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, RegistryError::QuotaExceeded(_)), "{err:?}");
     assert!(matches!(reg.upload_status(&b, &up.id).await, Err(RegistryError::BlobUploadUnknown)));
     // A declared size over the quota is refused before a byte of the body is read.
     let unread = || -> BodyStream {
         Box::pin(futures_util::stream::once(async { Err(std::io::Error::other("the body must not be read")) }))
     };
-    let err = reg.put_blob(&b, &Digest::of_bytes(&forty_one), Some(41), unread()).await.unwrap_err();
+    let err = reg
+        .put_blob(&Caller::internal("test"), &b, &Digest::of_bytes(&forty_one), Some(41), unread())
+        .await
+        .unwrap_err();
     assert!(matches!(err, RegistryError::QuotaExceeded(_)), "{err:?}");
     let up = reg.start_upload(&b).await.unwrap();
     reg.append_upload(&b, &up.id, None, Some(30), body(&[&[4u8; 30]])).await.unwrap();
@@ -667,7 +743,17 @@ async fn quotas_refuse_what_would_exceed_and_count_shared_blobs_once() {
     let err = reg.append_upload(&b, &up.id, None, Some(11), unread()).await.unwrap_err();
     assert!(matches!(err, RegistryError::QuotaExceeded(_)), "{err:?}");
     assert_eq!(reg.upload_status(&b, &up.id).await.unwrap().size, 30, "the upload stays where it was");
-    let err = reg.complete_upload(&b, &up.id, &Digest::of_bytes(&forty_one), None, Some(11), Some(unread())).await;
+    let err = reg
+        .complete_upload(
+            &Caller::internal("test"),
+            &b,
+            &up.id,
+            &Digest::of_bytes(&forty_one),
+            None,
+            Some(11),
+            Some(unread()),
+        )
+        .await;
     assert!(matches!(err, Err(RegistryError::QuotaExceeded(_))), "{err:?}");
     reg.cancel_upload(&b, &up.id).await.unwrap();
     // Other namespaces are not limited; what fits still goes in.
@@ -676,7 +762,8 @@ async fn quotas_refuse_what_would_exceed_and_count_shared_blobs_once() {
     assert_eq!(reg.quota_usage().await.unwrap()[0].used, 100);
     // Manifests count too.
     let m = image_manifest(&d, 60, &[]);
-    let err = reg.put_manifest(&a, &Reference::parse("v1").unwrap(), None, m).await.unwrap_err();
+    let err =
+        reg.put_manifest(&Caller::internal("test"), &a, &Reference::parse("v1").unwrap(), None, m).await.unwrap_err();
     assert!(matches!(err, RegistryError::QuotaExceeded(_)), "{err:?}");
 }
 
@@ -687,12 +774,24 @@ async fn deleting_a_repository_leaves_shared_blobs_and_frees_its_own() {
     let shared = push_blob(&e.reg, &doomed, b"shared").await;
     let own = push_blob(&e.reg, &doomed, b"own").await;
     let m = image_manifest(&shared, 6, &[(&own, 3)]);
-    e.reg.put_manifest(&doomed, &Reference::parse("v1").unwrap(), None, m).await.unwrap();
+    e.reg.put_manifest(&Caller::internal("test"), &doomed, &Reference::parse("v1").unwrap(), None, m).await.unwrap();
     let c = push_blob(&e.reg, &stays, b"shared").await;
-    e.reg.put_manifest(&stays, &Reference::parse("v1").unwrap(), None, image_manifest(&c, 6, &[])).await.unwrap();
+    e.reg
+        .put_manifest(
+            &Caller::internal("test"),
+            &stays,
+            &Reference::parse("v1").unwrap(),
+            None,
+            image_manifest(&c, 6, &[]),
+        )
+        .await
+        .unwrap();
 
-    e.reg.delete_repository(&doomed).await.unwrap();
-    assert!(matches!(e.reg.delete_repository(&doomed).await, Err(RegistryError::NameUnknown)));
+    e.reg.delete_repository(&Caller::internal("test"), &doomed).await.unwrap();
+    assert!(matches!(
+        e.reg.delete_repository(&Caller::internal("test"), &doomed).await,
+        Err(RegistryError::NameUnknown)
+    ));
     assert!(matches!(e.reg.list_tags(&doomed, None, None).await, Err(RegistryError::NameUnknown)));
     assert_eq!(e.reg.catalog(10, None).await.unwrap().items, vec!["team/stays"]);
     assert!(!e.dir.path().join("store/docker/registry/v2/repositories/team/doomed/_manifests").exists());
@@ -712,13 +811,19 @@ async fn retention_by_age_counts_pulls_as_use() {
     for t in ["idle", "pulled"] {
         let layer = push_blob(&e.reg, &repo, t.as_bytes()).await;
         e.reg
-            .put_manifest(&repo, &Reference::parse(t).unwrap(), None, image_manifest(&config, 2, &[(&layer, t.len())]))
+            .put_manifest(
+                &Caller::internal("test"),
+                &repo,
+                &Reference::parse(t).unwrap(),
+                None,
+                image_manifest(&config, 2, &[(&layer, t.len())]),
+            )
             .await
             .unwrap();
     }
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     // A pull by tag is noted, and written with the next flush.
-    e.reg.get_manifest(&repo, &Reference::parse("pulled").unwrap()).await.unwrap();
+    e.reg.get_manifest(&Caller::internal("test"), &repo, &Reference::parse("pulled").unwrap()).await.unwrap();
     e.reg.flush_pulls().await.unwrap();
     let g = e.reg.metadata().repository_graph(&repo).await.unwrap();
     let pulled = g.tags.iter().find(|t| t.name == "pulled").unwrap();

@@ -6,7 +6,7 @@ use berth_storage::layout;
 use berth_types::{Digest, RepoName, Sha256State};
 use uuid::Uuid;
 
-use crate::{ignore_missing, ingest, locks, BlobInfo, BodyStream, Registry, RegistryError, Result};
+use crate::{ignore_missing, ingest, locks, BlobInfo, BodyStream, Caller, Registry, RegistryError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UploadStatus {
@@ -151,8 +151,11 @@ impl Registry {
 
     /// Finishes an upload with an optional last chunk, verifies the digest and
     /// commits the blob. A digest mismatch cancels the upload.
+    // The final PUT's parts, each from its own header or query parameter.
+    #[allow(clippy::too_many_arguments)]
     pub async fn complete_upload(
         &self,
+        caller: &Caller,
         repo: &RepoName,
         id: &Uuid,
         digest: &Digest,
@@ -217,6 +220,7 @@ impl Registry {
         }
         self.commit_blob(repo, &path, digest, size).await?;
         self.remove_upload(repo, id, None).await?;
+        caller.did("push blob", repo, digest);
         Ok(BlobInfo { size })
     }
 
@@ -288,13 +292,14 @@ impl Registry {
     /// A whole blob in one request (`POST ...?digest=`).
     pub async fn put_blob(
         &self,
+        caller: &Caller,
         repo: &RepoName,
         digest: &Digest,
         content_length: Option<u64>,
         body: BodyStream,
     ) -> Result<BlobInfo> {
         let up = self.start_upload(repo).await?;
-        let res = self.complete_upload(repo, &up.id, digest, None, content_length, Some(body)).await;
+        let res = self.complete_upload(caller, repo, &up.id, digest, None, content_length, Some(body)).await;
         if res.is_err() {
             // Best effort: the purge job removes what this misses.
             let _ = self.remove_upload(repo, &up.id, None).await;

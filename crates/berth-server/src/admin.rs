@@ -123,19 +123,24 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
         // With authentication, deleting a repository is a right on it; every
         // other operation, and all of them without authentication, is an
         // administrator's.
-        match op.need().filter(|_| state.config.auth.is_some()) {
-            Some(need) => {
-                authz::authorize(&state, &parts.headers, &need).await?;
-            }
+        let grant = match op.need().filter(|_| state.config.auth.is_some()) {
+            Some(need) => Some(authz::authorize(&state, &parts.headers, &need).await?),
             None => authz::admin(&state, &parts.headers, peer).await?,
-        }
-        run(&state, op, &authz::base_url(&state.config, &parts.headers)).await
+        };
+        let caller = crate::caller::caller(
+            grant.as_ref(),
+            parts.extensions.get(),
+            peer,
+            &parts.headers,
+            &state.config.trusted_proxies,
+        );
+        run(&state, op, &authz::base_url(&state.config, &parts.headers), &caller).await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn run(state: &AppState, op: AdminOp, base: &str) -> Result<Response, ApiError> {
+async fn run(state: &AppState, op: AdminOp, base: &str, caller: &berth_registry::Caller) -> Result<Response, ApiError> {
     let reg = &state.registry;
     let queue = |request: JobRequest| async move {
         let id = reg.submit_job(&request).await?;
@@ -170,7 +175,7 @@ async fn run(state: &AppState, op: AdminOp, base: &str) -> Result<Response, ApiE
         AdminOp::Job(id) => json(&reg.job(&id).await?.ok_or_else(no_such_job)?),
         AdminOp::Quotas => json(&reg.quota_usage().await?),
         AdminOp::DeleteRepository(name) => {
-            reg.delete_repository(&name).await?;
+            reg.delete_repository(caller, &name).await?;
             let mut r = Response::new(Body::empty());
             *r.status_mut() = StatusCode::ACCEPTED;
             r

@@ -95,7 +95,13 @@ const FORWARDING: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
 /// configured authentication, the configured administration token, or, with
 /// no authentication configured, a caller on this machine (loopback or the
 /// unix socket, not through a proxy).
-pub(crate) async fn admin(state: &AppState, headers: &HeaderMap, peer: Option<Peer>) -> Result<(), ApiError> {
+/// Lets an administrator through; the grant, when one was checked (not for
+/// the admin token or a local caller without authentication).
+pub(crate) async fn admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<Peer>,
+) -> Result<Option<Grant>, ApiError> {
     if let Some(token) = &state.config.admin_token {
         let sent = headers
             .get(header::AUTHORIZATION)
@@ -103,13 +109,13 @@ pub(crate) async fn admin(state: &AppState, headers: &HeaderMap, peer: Option<Pe
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim);
         if sent.is_some_and(|s| berth_auth::constant_time_eq(s.as_bytes(), token.as_bytes())) {
-            return Ok(());
+            return Ok(None);
         }
     }
     if state.config.auth.is_none() {
         let proxied = FORWARDING.iter().any(|h| headers.contains_key(*h));
         if peer.is_some_and(|p| p.is_local()) && !proxied {
-            return Ok(());
+            return Ok(None);
         }
         return Err(ApiError::new(OciCode::Denied).with_detail(
             "with no authentication configured, administration answers only on this machine \
@@ -121,5 +127,5 @@ pub(crate) async fn admin(state: &AppState, headers: &HeaderMap, peer: Option<Pe
         return Err(ApiError::new(OciCode::Denied)
             .with_detail(format!("{} is not an administrator (auth.access.admins)", grant.identity.name())));
     }
-    Ok(())
+    Ok(Some(grant))
 }

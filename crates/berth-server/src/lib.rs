@@ -17,6 +17,7 @@ use tracing::Instrument;
 mod access_log;
 pub mod admin;
 mod authz;
+mod caller;
 pub mod endpoint;
 pub mod error;
 pub mod operation;
@@ -24,6 +25,7 @@ mod serve;
 mod token;
 mod v2;
 
+pub use caller::Cidr;
 pub use serve::{serve, BodyStalled, ConnectionLimits, Peer, PeerAddr};
 
 /// What the HTTP edge needs from the configuration (distribution's `http.*`
@@ -51,6 +53,8 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// A mount without `from` looks for the blob in repositories the caller may pull.
     pub automatic_mount: bool,
+    /// `http.trustedproxies`: peers whose forwarded client address is believed.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +70,7 @@ impl Default for ServerConfig {
             jobs: berth_jobs::JobsHandle::default(),
             admin_token: None,
             automatic_mount: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -126,8 +131,9 @@ async fn catch_panic(next: Next, req: Request) -> Response {
 /// Gives each request an id and a span with distribution's request fields,
 /// adds the headers every response carries, and writes the access log line
 /// once the response body has been sent (or given up).
-async fn common_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn common_headers(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().simple().to_string();
+    req.extensions_mut().insert(caller::RequestId(id.clone()));
     let h = req.headers();
     let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     let peer = req.extensions().get::<Peer>().copied();

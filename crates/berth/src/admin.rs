@@ -140,7 +140,7 @@ async fn local(cfg: &Config, cmd: Command) -> Result<()> {
         }
         Command::DeleteRepository { name } => {
             let repo = RepoName::parse(&name).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            reg.delete_repository(&repo).await?;
+            reg.delete_repository(&berth_registry::Caller::internal("berth repo delete"), &repo).await?;
             out!("deleted repository {repo} (its blobs go with the next garbage collection)");
             Ok(())
         }

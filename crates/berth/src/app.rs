@@ -408,6 +408,7 @@ async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
         jobs,
         admin_token: cfg.admin.token()?,
         automatic_mount: cfg.uploads.automaticmount,
+        trusted_proxies: cfg.trusted_proxies()?,
     };
     let router = berth_server::router(registry.clone(), server_cfg);
     let (storage, db) = describe_storage(cfg);

@@ -63,7 +63,7 @@ impl Ctx<'_> {
     }
 
     pub(crate) async fn delete_blob(&self, name: &RepoName, digest: &Digest) -> ApiResult {
-        self.registry().delete_blob(name, digest).await?;
+        self.registry().delete_blob(self.caller(), name, digest).await?;
         let mut r = empty(StatusCode::ACCEPTED);
         set(r.headers_mut(), DOCKER_CONTENT_DIGEST, digest.as_str());
         Ok(r)

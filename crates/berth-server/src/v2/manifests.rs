@@ -59,7 +59,7 @@ impl Ctx<'_> {
     pub(crate) async fn get_manifest(&self, name: &RepoName, reference: &Reference, with_body: bool) -> ApiResult {
         let accepts = accepted(self.headers);
         let (mut meta, mut content) = if with_body {
-            let m = self.registry().get_manifest(name, reference).await?;
+            let m = self.registry().get_manifest(self.caller(), name, reference).await?;
             (m.meta, Some(m.content))
         } else {
             (self.registry().stat_manifest(name, reference).await?, None)
@@ -74,13 +74,13 @@ impl Ctx<'_> {
         {
             let list = match content {
                 Some(c) => c,
-                None => self.registry().get_manifest(name, reference).await?.content,
+                None => self.registry().get_manifest(self.caller(), name, reference).await?.content,
             };
             let child = default_platform_child(&list).ok_or_else(|| {
                 ApiError::from(RegistryError::ManifestUnknown)
                     .with_detail("the manifest list has no linux/amd64 image for a client that cannot read lists")
             })?;
-            let m = self.registry().get_manifest(name, &Reference::Digest(child)).await?;
+            let m = self.registry().get_manifest(self.caller(), name, &Reference::Digest(child)).await?;
             meta = m.meta;
             content = with_body.then_some(m.content);
         }
@@ -110,7 +110,7 @@ impl Ctx<'_> {
     pub(crate) async fn put_manifest(&self, name: &RepoName, reference: &Reference, body: Body) -> ApiResult {
         let ct = header_str(self.headers, &header::CONTENT_TYPE).map(str::to_owned);
         let content = read_limited(body, MAX_MANIFEST_SIZE, content_length(self.headers)).await?;
-        let res = self.registry().put_manifest(name, reference, ct.as_deref(), content).await?;
+        let res = self.registry().put_manifest(self.caller(), name, reference, ct.as_deref(), content).await?;
         let mut r = empty(StatusCode::CREATED);
         let h = r.headers_mut();
         set(h, header::LOCATION, &format!("{}/v2/{name}/manifests/{}", self.base_url(), res.digest));
@@ -122,7 +122,7 @@ impl Ctx<'_> {
     }
 
     pub(crate) async fn delete_manifest(&self, name: &RepoName, reference: &Reference) -> ApiResult {
-        self.registry().delete_manifest(name, reference).await?;
+        self.registry().delete_manifest(self.caller(), name, reference).await?;
         Ok(empty(StatusCode::ACCEPTED))
     }
 }

@@ -57,13 +57,21 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
         Err(refused) => return method_not_allowed(m, refused.allow).into_response(),
     };
     tracing::Span::current().record("berth.operation", op.name());
-    let mut ctx = Ctx { state: &state, headers: &parts.headers, grant: None };
-    if state.config.auth.is_some() {
-        match crate::authz::authorize(&state, &parts.headers, &op.need()).await {
-            Ok(grant) => ctx.grant = Some(grant),
+    let grant = match state.config.auth.is_some() {
+        true => match crate::authz::authorize(&state, &parts.headers, &op.need()).await {
+            Ok(grant) => Some(grant),
             Err(e) => return e.into_response(),
-        }
-    }
+        },
+        false => None,
+    };
+    let caller = crate::caller::caller(
+        grant.as_ref(),
+        parts.extensions.get(),
+        parts.extensions.get::<crate::Peer>().copied(),
+        &parts.headers,
+        &state.config.trusted_proxies,
+    );
+    let ctx = Ctx { state: &state, headers: &parts.headers, grant, caller };
     use Operation as O;
     let result = match &op {
         O::Base => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"), None)),
@@ -165,11 +173,16 @@ struct Ctx<'a> {
     headers: &'a HeaderMap,
     /// The caller and its access, when authentication is on.
     grant: Option<Grant>,
+    caller: berth_registry::Caller,
 }
 
 impl Ctx<'_> {
     fn registry(&self) -> &berth_registry::Registry {
         &self.state.registry
+    }
+
+    fn caller(&self) -> &berth_registry::Caller {
+        &self.caller
     }
 
     /// The externally visible base URL, for absolute `Location` headers.

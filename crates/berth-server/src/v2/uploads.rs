@@ -58,7 +58,7 @@ impl Ctx<'_> {
                 // normal upload session (202), as the spec and distribution do.
                 if let Some(digest) = digest {
                     for source in self.mount_sources(digest, from).await? {
-                        if self.registry().mount_blob(name, &source, digest).await?.is_some() {
+                        if self.registry().mount_blob(self.caller(), name, &source, digest).await?.is_some() {
                             return Ok(self.blob_created(name, digest));
                         }
                     }
@@ -66,7 +66,9 @@ impl Ctx<'_> {
             }
             UploadStart::Monolithic { digest } => {
                 let digest = digest.as_ref().map_err(ApiError::digest_invalid)?;
-                self.registry().put_blob(name, digest, content_length(self.headers), body_stream(body)).await?;
+                self.registry()
+                    .put_blob(self.caller(), name, digest, content_length(self.headers), body_stream(body))
+                    .await?;
                 return Ok(self.blob_created(name, digest));
             }
             UploadStart::Session => {}
@@ -134,7 +136,7 @@ impl Ctx<'_> {
         let body_empty = http_body::Body::size_hint(&body).exact() == Some(0);
         let body = (!body_empty).then(|| body_stream(body));
         self.registry()
-            .complete_upload(name, id, digest, range, content_length(self.headers), body)
+            .complete_upload(self.caller(), name, id, digest, range, content_length(self.headers), body)
             .await
             .map_err(|e| self.range_error(e, name, id))?;
         Ok(self.blob_created(name, digest))

@@ -45,6 +45,11 @@ pub struct HttpConfig {
     /// Berth: connection limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Berth: proxies (addresses or ranges, `10.0.0.0/8`) whose
+    /// `X-Forwarded-For` or `Forwarded: for=` names the client. From any
+    /// other peer those headers say nothing about who asks.
+    #[serde(default)]
+    pub trustedproxies: Vec<String>,
 }
 
 /// Berth: a connection must make progress (`http.timeouts`).
@@ -147,6 +152,7 @@ impl Default for HttpConfig {
             debug: None,
             timeouts: TimeoutsConfig::default(),
             limits: LimitsConfig::default(),
+            trustedproxies: Vec::new(),
         }
     }
 }
@@ -169,6 +175,14 @@ impl Default for CatalogConfig {
 }
 
 impl Config {
+    /// `http.trustedproxies`, parsed.
+    pub fn trusted_proxies(&self) -> Result<Vec<berth_server::Cidr>> {
+        let parse = |(i, p): (usize, &String)| {
+            berth_server::Cidr::parse(p).map_err(|e| anyhow::anyhow!("http.trustedproxies[{i}]: {e}"))
+        };
+        self.http.trustedproxies.iter().enumerate().map(parse).collect()
+    }
+
     /// `http.headers` as header pairs.
     pub fn response_headers(&self) -> Result<Vec<(::http::HeaderName, ::http::HeaderValue)>> {
         let mut out = Vec::new();

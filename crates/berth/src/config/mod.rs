@@ -141,6 +141,7 @@ impl Config {
                 bail!("version: only configuration version 0.1 is supported, not {v:?}");
             }
         }
+        self.trusted_proxies()?;
         let s = &self.storage;
         let drivers: Vec<&str> = [
             ("filesystem", s.filesystem.is_some()),

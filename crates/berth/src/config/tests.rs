@@ -415,3 +415,14 @@ fn secrets_come_from_files_and_never_show() {
     let e = load("http:\n  secret_file: [a]\n", &[]).unwrap_err().to_string();
     assert_eq!(e, "http.secret_file: must be the path of a file holding the value");
 }
+
+#[test]
+fn trusted_proxies_are_ranges() {
+    let c = load("http:\n  trustedproxies: [10.0.0.0/8, 192.0.2.7, \"fd00::/8\"]\n", &[]).unwrap();
+    let t = c.trusted_proxies().unwrap();
+    assert_eq!(t.len(), 3);
+    assert!(t[0].contains("10.9.8.7".parse().unwrap()));
+    assert!(load("", &[]).unwrap().trusted_proxies().unwrap().is_empty(), "none by default");
+    let e = load("http:\n  trustedproxies: [10.0.0.0/40]\n", &[]).unwrap_err().to_string();
+    assert_eq!(e, "http.trustedproxies[0]: \"10.0.0.0/40\": prefix must be 0 to 32");
+}
