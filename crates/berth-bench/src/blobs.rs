@@ -228,3 +228,55 @@ pub fn manifest_json(config: &Blob, layers: &[Blob], annotation: Option<&str>) -
     }
     serde_json::to_vec(&m).unwrap_or_default()
 }
+
+/// `blobs.len()` uploads open at once: every client starts its session,
+/// waits for all the others to have one, then sends its blob in two chunks
+/// and commits. Returns the seconds from the first chunk to the last commit
+/// and how many uploads failed.
+pub async fn concurrent_uploads(c: &reqwest::Client, base: &str, repo: &str, blobs: &[Blob]) -> Result<(f64, usize)> {
+    let ready = std::sync::Arc::new(tokio::sync::Barrier::new(blobs.len() + 1));
+    let tasks: Vec<_> = blobs
+        .iter()
+        .cloned()
+        .map(|b| {
+            let (c, base, repo, ready) = (c.clone(), base.to_owned(), repo.to_owned(), ready.clone());
+            tokio::spawn(async move {
+                let started = c.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await;
+                ready.wait().await;
+                let r = started?;
+                if r.status() != 202 {
+                    bail!("POST uploads answered {}", r.status());
+                }
+                let mut loc = location(&r, &base)?;
+                let half = b.data.len() / 2;
+                for (start, end) in [(0, half), (half, b.data.len())] {
+                    let r = c
+                        .patch(&loc)
+                        .header("content-type", "application/octet-stream")
+                        .header("content-range", format!("{}-{}", start, end - 1))
+                        .body(b.data.slice(start..end))
+                        .send()
+                        .await?;
+                    if r.status() != 202 {
+                        bail!("PATCH answered {}", r.status());
+                    }
+                    loc = location(&r, &base)?;
+                }
+                let r = c.put(with_digest(&loc, &b.digest)).send().await?;
+                if r.status() != 201 {
+                    bail!("final PUT answered {}", r.status());
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    ready.wait().await;
+    let start = Instant::now();
+    let mut failed = 0;
+    for t in tasks {
+        if !matches!(t.await, Ok(Ok(()))) {
+            failed += 1;
+        }
+    }
+    Ok((start.elapsed().as_secs_f64(), failed))
+}

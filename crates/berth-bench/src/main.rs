@@ -38,7 +38,7 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
-    /// Only these sections (blobs, pushes, requests, images, blobs-tmpfs, startup, listing, gc, s3).
+    /// Only these sections (blobs, pushes, requests, images, uploads, blobs-tmpfs, startup, listing, gc, s3).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Seconds of each wrk run.
@@ -192,6 +192,9 @@ fn main() -> Result<()> {
         berth.stop();
         reference.stop();
     }
+    if env.wants(&args.only, "uploads") {
+        rt.block_on(concurrent(&env, &mut report))?;
+    }
     if env.wants(&args.only, "blobs-tmpfs") {
         blobs_in_memory(&env, &rt, &mut report)?;
     }
@@ -266,6 +269,42 @@ fn print_markdown(report: &Report) {
     for n in &report.notes {
         println!("\n- {n}");
     }
+}
+
+/// 1,000 uploads open at once, on fresh servers so that peak RSS is this
+/// load's: memory stays bounded per process however many clients push.
+async fn concurrent(env: &Env, report: &mut Report) -> Result<()> {
+    const UPLOADS: usize = 1000;
+    let size = if env.quick { 64 << 10 } else { 256 << 10 };
+    header(&format!("uploads: {UPLOADS} at once, {} KiB each in two chunks", size >> 10));
+    let start = |kind: Kind, name: &str| {
+        let root = env.work.path().join(name);
+        std::fs::create_dir_all(&root)?;
+        // Every client is on loopback: the per-address cap is lifted for the run.
+        let storage = format!("  filesystem:\n    rootdirectory: {}\n", root.display());
+        let limits = match kind {
+            Kind::Berth => "  limits:\n    connectionsperclient: 0\n",
+            Kind::Reference => "",
+        };
+        Server::start_with(&env.bins, kind, env.work.path(), |port| {
+            server::config_with_storage(kind, &storage, port, true, limits)
+        })
+    };
+    let berth = start(Kind::Berth, "berth-uploads")?;
+    let reference = start(Kind::Reference, "ref-uploads")?;
+    let c = reqwest::Client::builder().pool_max_idle_per_host(UPLOADS).build()?;
+    let mut secs = [0.0; 2];
+    let mut failed = [0usize; 2];
+    for (i, s) in [&berth, &reference].iter().enumerate() {
+        let blobs = blobs::make_blobs(UPLOADS, size);
+        (secs[i], failed[i]) = blobs::concurrent_uploads(&c, &s.url(""), "uploads/app", &blobs).await?;
+    }
+    report.add("uploads", "time to finish them all", "s", Better::Lower, secs[0], secs[1]);
+    report.add("uploads", "failed uploads", "count", Better::Lower, failed[0] as f64, failed[1] as f64);
+    report.add("uploads", "peak RSS", "MiB", Better::Lower, berth.memory().1, reference.memory().1);
+    berth.stop();
+    reference.stop();
+    Ok(())
 }
 
 async fn blob_section(servers: &[&Server; 2], report: &mut Report, section: &str, sizes: &[usize]) -> Result<()> {

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub automatic_mount: bool,
     /// `http.trustedproxies`: peers whose forwarded client address is believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// `http.limits.streams`: requests streaming a body (uploads, blob reads)
+    /// at once; beyond it they are answered 503 with `Retry-After` (0: no limit).
+    pub max_streams: usize,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             admin_token: None,
             automatic_mount: true,
             trusted_proxies: Vec::new(),
+            max_streams: 1024,
         }
     }
 }
@@ -79,6 +83,9 @@ impl Default for ServerConfig {
 pub struct AppState {
     pub registry: Registry,
     pub config: Arc<ServerConfig>,
+    /// Requests that stream a body (uploads, blob reads) at once, at most
+    /// `ServerConfig::max_streams`.
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
@@ -93,7 +100,12 @@ pub fn router(registry: Registry, config: ServerConfig) -> Router {
 /// same edge (request ids, common headers, access log, panic guard).
 pub fn router_with(registry: Registry, config: ServerConfig, extra: Router) -> Router {
     let token_path = config.auth.as_ref().and_then(|a| a.token_path().map(str::to_owned));
-    let state = AppState { registry, config: Arc::new(config) };
+    let streams = match config.max_streams {
+        0 => tokio::sync::Semaphore::MAX_PERMITS,
+        n => n.min(tokio::sync::Semaphore::MAX_PERMITS),
+    };
+    let state =
+        AppState { registry, config: Arc::new(config), streams: Arc::new(tokio::sync::Semaphore::new(streams)) };
     let mut router = Router::new();
     if let Some(path) = token_path {
         router = router.route(&path, axum::routing::get(token::token).post(token::token));

@@ -211,6 +211,21 @@ impl Operation {
         }
     }
 
+    /// Whether the operation moves a body of any size through the process
+    /// (an upload, a blob read, a manifest buffered whole): these share the
+    /// `http.limits.streams` budget.
+    pub fn streams_body(&self) -> bool {
+        use Operation as O;
+        matches!(
+            self,
+            O::GetBlob { head: false, .. }
+                | O::PutManifest { .. }
+                | O::PatchUpload { .. }
+                | O::PutUpload { .. }
+                | O::StartUpload { start: UploadStart::Monolithic { .. }, .. }
+        )
+    }
+
     /// A stable name, for log spans and metric labels.
     pub fn name(&self) -> &'static str {
         use Operation as O;

@@ -28,6 +28,10 @@ impl Drop for Server {
 }
 
 async fn start(limits: ConnectionLimits) -> Server {
+    start_with(limits, ServerConfig::default()).await
+}
+
+async fn start_with(limits: ConnectionLimits, config: ServerConfig) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(FsDriver::new(dir.path().join("store")).unwrap());
     let (meta, _) = Metadata::open_sqlite(&dir.path().join("meta.sqlite")).await.unwrap();
@@ -41,7 +45,7 @@ async fn start(limits: ConnectionLimits) -> Server {
             "unreachable"
         }),
     );
-    let router = berth_server::router_with(registry, ServerConfig::default(), extra);
+    let router = berth_server::router_with(registry, config, extra);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -60,6 +64,7 @@ fn quick() -> ConnectionLimits {
         body_idle: Duration::from_millis(400),
         min_body_rate: 1000,
         per_client: 0,
+        max_connections: 0,
     }
 }
 
@@ -217,4 +222,59 @@ async fn requests_hyper_cannot_parse_get_oci_error_bodies() {
     s.write_all(b"POST /v2/t/blobs/uploads/?digest=sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nxx\r\n").await.unwrap();
     let text = String::from_utf8_lossy(&read_to_close(&mut s, Duration::from_secs(10)).await).into_owned();
     assert!(text.starts_with("HTTP/1.1 400 ") && text.contains("\"errors\""), "{text}");
+}
+
+#[tokio::test]
+async fn the_process_holds_only_so_many_connections() {
+    let srv = start(ConnectionLimits { max_connections: 2, per_client: 0, ..ConnectionLimits::default() }).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        assert_eq!(read_response(&mut s).await.0, 200);
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(srv.addr).await.unwrap();
+    let text = String::from_utf8_lossy(&read_to_close(&mut third, Duration::from_secs(10)).await).into_owned();
+    assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"), "{text}");
+    assert!(text.contains("\"UNAVAILABLE\""), "{text}");
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = TcpStream::connect(srv.addr).await.unwrap();
+    again.write_all(b"GET /v2/ HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut again).await.0, 200, "a closed connection frees its place");
+}
+
+#[tokio::test]
+async fn streaming_requests_past_the_budget_are_told_to_retry() {
+    let srv = start_with(ConnectionLimits::default(), ServerConfig { max_streams: 1, ..ServerConfig::default() }).await;
+    let mut a = TcpStream::connect(srv.addr).await.unwrap();
+    a.write_all(b"POST /v2/s/blobs/uploads/ HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), a.read(&mut head)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 202"), "{head}");
+    let location = head.lines().find_map(|l| l.strip_prefix("location: ")).unwrap().trim().to_owned();
+    let path = location.strip_prefix("http://x").unwrap_or(&location).to_owned();
+    // One chunk in flight, its body not all sent: it holds the only place.
+    let chunk = vec![7u8; 1000];
+    a.write_all(format!("PATCH {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n").as_bytes()).await.unwrap();
+    a.write_all(&chunk[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let d = "sha256:6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d";
+    let push = format!("POST /v2/s/blobs/uploads/?digest={d} HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\n\0");
+    let mut b = TcpStream::connect(srv.addr).await.unwrap();
+    b.write_all(push.as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut b).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("UNAVAILABLE") && body.contains("http.limits.streams"), "{body}");
+    // What streams nothing is not held back.
+    b.write_all(b"GET /v2/ HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut b).await.0, 200);
+    // The chunk ends, its place is free again.
+    a.write_all(&chunk[10..]).await.unwrap();
+    assert_eq!(read_response(&mut a).await.0, 202);
+    b.write_all(push.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut b).await.0, 201);
 }

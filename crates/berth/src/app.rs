@@ -409,6 +409,7 @@ async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
         admin_token: cfg.admin.token()?,
         automatic_mount: cfg.uploads.automaticmount,
         trusted_proxies: cfg.trusted_proxies()?,
+        max_streams: cfg.http.limits.streams,
     };
     let router = berth_server::router(registry.clone(), server_cfg);
     let (storage, db) = describe_storage(cfg);
@@ -421,6 +422,7 @@ async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
         body_idle: t.bodyidle,
         min_body_rate: t.minbodyrate,
         per_client: cfg.http.limits.connectionsperclient,
+        max_connections: cfg.http.limits.connections,
     };
 
     let drained = match listener {

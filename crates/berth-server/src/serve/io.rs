@@ -124,7 +124,7 @@ impl<IO> Watched<IO> {
         if lower.windows(31).any(|w| w == b"docker-distribution-api-version") {
             return None;
         }
-        Some(error_response(code, detail))
+        Some(error_response(code, detail, ""))
     }
 }
 
@@ -146,14 +146,15 @@ impl<IO: AsyncWrite + Unpin> Watched<IO> {
     }
 }
 
-/// A whole HTTP/1.1 answer with an OCI error body that closes the connection.
-pub(crate) fn error_response(code: OciCode, detail: &str) -> Vec<u8> {
+/// A whole HTTP/1.1 answer with an OCI error body that closes the connection;
+/// `extra` holds more header lines, each ending in CRLF.
+pub(crate) fn error_response(code: OciCode, detail: &str, extra: &str) -> Vec<u8> {
     let (code, status, message) = code.describe();
     let body = serde_json::json!({ "errors": [{ "code": code, "message": message, "detail": detail }] }).to_string();
     let (reason, status) = (status.canonical_reason().unwrap_or(""), status.as_u16());
     format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         docker-distribution-api-version: registry/2.0\r\nconnection: close\r\n\r\n{body}",
+         docker-distribution-api-version: registry/2.0\r\nconnection: close\r\n{extra}\r\n{body}",
         body.len()
     )
     .into_bytes()

@@ -96,6 +96,9 @@ pub struct ConnectionLimits {
     pub min_body_rate: u64,
     /// Open connections per client address (0: no limit).
     pub per_client: usize,
+    /// Open connections in all (0: no limit): past it a new connection is
+    /// answered 503 with `Retry-After` and closed.
+    pub max_connections: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -107,6 +110,7 @@ impl Default for ConnectionLimits {
             body_idle: Duration::from_secs(60),
             min_body_rate: 1024,
             per_client: 256,
+            max_connections: 4096,
         }
     }
 }
@@ -164,12 +168,20 @@ where
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let clients = Arc::new(PerClient::default());
+    let open = Arc::new(tokio::sync::Semaphore::new(match limits.max_connections {
+        0 => tokio::sync::Semaphore::MAX_PERMITS,
+        n => n.min(tokio::sync::Semaphore::MAX_PERMITS),
+    }));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             // The listener retries and logs accept errors (such as running out of descriptors) itself.
             (io, addr) = listener.accept() => {
                 let peer = addr.peer();
+                let Ok(held) = open.clone().try_acquire_owned() else {
+                    tokio::spawn(over_capacity(io, peer));
+                    continue;
+                };
                 let slot = match peer.ip() {
                     Some(ip) => match clients.take(ip, limits.per_client) {
                         Some(slot) => Some(slot),
@@ -189,7 +201,7 @@ where
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
-                    drop(slot);
+                    drop((slot, held));
                 });
             }
             _ = &mut shutdown => break,
@@ -199,12 +211,28 @@ where
     tokio::time::timeout(drain, graceful.shutdown()).await.is_ok()
 }
 
+/// Answers a connection past the process's cap with 503 and closes it.
+async fn over_capacity<I: tokio::io::AsyncWrite + Unpin>(mut io: I, peer: Peer) {
+    tracing::warn!(peer = %peer, "too many open connections; refused");
+    let resp = io::error_response(
+        OciCode::Unavailable,
+        "the registry holds as many connections as it may (http.limits.connections); retry shortly",
+        "retry-after: 1\r\n",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = io.write_all(&resp).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
+}
+
 /// Answers a connection over its address's cap with 429 and closes it.
 async fn too_many_connections<I: tokio::io::AsyncWrite + Unpin>(mut io: I, peer: Peer) {
     tracing::warn!(peer = %peer, "too many connections from one address; refused");
     let resp = io::error_response(
         OciCode::TooManyRequests,
         "too many open connections from this address (http.limits.connectionsperclient)",
+        "retry-after: 1\r\n",
     );
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = io.write_all(&resp).await;

@@ -72,6 +72,20 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
         &state.config.trusted_proxies,
     );
     let ctx = Ctx { state: &state, headers: &parts.headers, grant, caller };
+    // Memory and descriptors stay bounded under any load: past the budget
+    // of streaming requests, the client is told to come back.
+    let permit = match op.streams_body() {
+        true => match state.streams.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                if let Some(s) = shared {
+                    s.drain(REFUSED_BODY_DRAIN).await;
+                }
+                return busy().into_response();
+            }
+        },
+        false => None,
+    };
     use Operation as O;
     let result = match &op {
         O::Base => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"), None)),
@@ -90,7 +104,10 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
         O::Referrers { name, digest, artifact_type } => ctx.referrers(name, digest, artifact_type.as_deref()).await,
     };
     match result {
-        Ok(r) => r,
+        Ok(r) => match permit {
+            Some(p) => held_until_sent(r, p),
+            None => r,
+        },
         Err(e) => {
             if let Some(s) = shared {
                 s.drain(REFUSED_BODY_DRAIN).await;
@@ -98,6 +115,43 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request) -> Res
             e.into_response()
         }
     }
+}
+
+/// The answer past `http.limits.streams`.
+fn busy() -> ApiError {
+    ApiError::new(crate::error::OciCode::Unavailable)
+        .with_message("too many uploads and downloads at once")
+        .with_detail("the registry is at its limit of streaming requests (http.limits.streams); retry shortly")
+        .with_header(header::RETRY_AFTER, "1")
+}
+
+/// Keeps a streaming permit until the response body has been sent (or dropped).
+fn held_until_sent(r: Response, permit: tokio::sync::OwnedSemaphorePermit) -> Response {
+    struct Held {
+        body: Body,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    }
+    impl http_body::Body for Held {
+        type Data = Bytes;
+        type Error = axum::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.body.is_end_stream()
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            self.body.size_hint()
+        }
+    }
+    let (parts, body) = r.into_parts();
+    Response::from_parts(parts, Body::new(Held { body, _permit: permit }))
 }
 
 /// How much of a refused request's body is read and dropped: enough for

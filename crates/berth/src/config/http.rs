@@ -113,6 +113,22 @@ pub struct LimitsConfig {
     /// reverse proxy every connection comes from the proxy's address.
     #[serde(default = "default_per_client")]
     pub connectionsperclient: usize,
+    /// Open connections in all (0: no limit); past it a new connection is
+    /// answered 503 with `Retry-After`.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Requests streaming a body at once (uploads, blob reads, manifest
+    /// pushes; 0: no limit); past it they are answered 503 with `Retry-After`.
+    #[serde(default = "default_streams")]
+    pub streams: usize,
+}
+
+pub(crate) fn default_connections() -> usize {
+    4096
+}
+
+pub(crate) fn default_streams() -> usize {
+    1024
 }
 
 pub(crate) fn default_per_client() -> usize {
@@ -121,7 +137,11 @@ pub(crate) fn default_per_client() -> usize {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { connectionsperclient: default_per_client() }
+        LimitsConfig {
+            connectionsperclient: default_per_client(),
+            connections: default_connections(),
+            streams: default_streams(),
+        }
     }
 }
 
