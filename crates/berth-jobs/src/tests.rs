@@ -75,9 +75,11 @@ async fn busy_workers_run_again_and_failures_are_recorded() {
     let (f, failed) = counter(Duration::ZERO, true, true);
     r.spawn(f);
     let board = r.board();
-    // Bounded: the busy worker runs again and again without waiting.
+    // Bounded: the busy worker runs again and again without waiting. The
+    // board counts a run when it has ended, after the worker's own count.
     for _ in 0..500 {
-        if runs.load(Ordering::SeqCst) >= 5 && board.snapshot()[1].failures == 1 {
+        let s = board.snapshot();
+        if s[0].runs >= 5 && s[1].failures == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
