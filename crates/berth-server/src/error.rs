@@ -50,6 +50,8 @@ pub enum OciCode {
     TooManyRequests,
     /// The registry cannot answer now (shutting down).
     Unavailable,
+    /// No registry of this process serves the host the request names.
+    Misdirected,
 }
 
 impl OciCode {
@@ -96,6 +98,7 @@ impl OciCode {
             C::HeadersTooLarge => ("UNSUPPORTED", S::REQUEST_HEADER_FIELDS_TOO_LARGE, "malformed HTTP request"),
             C::TooManyRequests => ("TOOMANYREQUESTS", S::TOO_MANY_REQUESTS, "too many requests"),
             C::Unavailable => ("UNAVAILABLE", S::SERVICE_UNAVAILABLE, "service unavailable"),
+            C::Misdirected => ("UNSUPPORTED", S::MISDIRECTED_REQUEST, "no registry is served at this host name"),
         }
     }
 

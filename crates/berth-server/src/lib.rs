@@ -20,12 +20,14 @@ mod authz;
 mod caller;
 pub mod endpoint;
 pub mod error;
+mod hosts;
 pub mod operation;
 mod serve;
 mod token;
 mod v2;
 
 pub use caller::Cidr;
+pub use hosts::VirtualHosts;
 pub use serve::{serve, BodyStalled, ConnectionLimits, Peer, PeerAddr};
 
 /// What the HTTP edge needs from the configuration (distribution's `http.*`
@@ -56,8 +58,27 @@ pub struct ServerConfig {
     /// `http.trustedproxies`: peers whose forwarded client address is believed.
     pub trusted_proxies: Vec<Cidr>,
     /// `http.limits.streams`: requests streaming a body (uploads, blob reads)
-    /// at once; beyond it they are answered 503 with `Retry-After` (0: no limit).
-    pub max_streams: usize,
+    /// at once; beyond it they are answered 503 with `Retry-After`. One limit
+    /// may be shared by the registries of a process.
+    pub streams: StreamLimit,
+    /// The registry's name, in a process serving several (`berth.registry` in its spans).
+    pub name: Option<String>,
+}
+
+/// How many requests may stream a body at once (`http.limits.streams`);
+/// clones share the count.
+#[derive(Debug, Clone)]
+pub struct StreamLimit(Arc<tokio::sync::Semaphore>);
+
+impl StreamLimit {
+    /// At most `n` at once; 0 is no limit.
+    pub fn new(n: usize) -> Self {
+        let n = match n {
+            0 => tokio::sync::Semaphore::MAX_PERMITS,
+            n => n.min(tokio::sync::Semaphore::MAX_PERMITS),
+        };
+        StreamLimit(Arc::new(tokio::sync::Semaphore::new(n)))
+    }
 }
 
 impl Default for ServerConfig {
@@ -74,7 +95,8 @@ impl Default for ServerConfig {
             admin_token: None,
             automatic_mount: true,
             trusted_proxies: Vec::new(),
-            max_streams: 1024,
+            streams: StreamLimit::new(1024),
+            name: None,
         }
     }
 }
@@ -84,7 +106,7 @@ pub struct AppState {
     pub registry: Registry,
     pub config: Arc<ServerConfig>,
     /// Requests that stream a body (uploads, blob reads) at once, at most
-    /// `ServerConfig::max_streams`.
+    /// `ServerConfig::streams`.
     streams: Arc<tokio::sync::Semaphore>,
 }
 
@@ -100,12 +122,8 @@ pub fn router(registry: Registry, config: ServerConfig) -> Router {
 /// same edge (request ids, common headers, access log, panic guard).
 pub fn router_with(registry: Registry, config: ServerConfig, extra: Router) -> Router {
     let token_path = config.auth.as_ref().and_then(|a| a.token_path().map(str::to_owned));
-    let streams = match config.max_streams {
-        0 => tokio::sync::Semaphore::MAX_PERMITS,
-        n => n.min(tokio::sync::Semaphore::MAX_PERMITS),
-    };
-    let state =
-        AppState { registry, config: Arc::new(config), streams: Arc::new(tokio::sync::Semaphore::new(streams)) };
+    let streams = config.streams.0.clone();
+    let state = AppState { registry, config: Arc::new(config), streams };
     let mut router = Router::new();
     if let Some(path) = token_path {
         router = router.route(&path, axum::routing::get(token::token).post(token::token));
@@ -159,6 +177,7 @@ async fn common_headers(State(state): State<AppState>, mut req: Request, next: N
         "http.request.useragent" = text(header::USER_AGENT),
         "auth.user.name" = tracing::field::Empty,
         "berth.operation" = tracing::field::Empty,
+        "berth.registry" = state.config.name.as_deref(),
     );
     let start = Instant::now();
     let mut resp = catch_panic(next, req).instrument(span.clone()).await;

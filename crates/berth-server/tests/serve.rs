@@ -248,7 +248,11 @@ async fn the_process_holds_only_so_many_connections() {
 
 #[tokio::test]
 async fn streaming_requests_past_the_budget_are_told_to_retry() {
-    let srv = start_with(ConnectionLimits::default(), ServerConfig { max_streams: 1, ..ServerConfig::default() }).await;
+    let srv = start_with(
+        ConnectionLimits::default(),
+        ServerConfig { streams: berth_server::StreamLimit::new(1), ..ServerConfig::default() },
+    )
+    .await;
     let mut a = TcpStream::connect(srv.addr).await.unwrap();
     a.write_all(b"POST /v2/s/blobs/uploads/ HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").await.unwrap();
     let mut head = vec![0u8; 4096];

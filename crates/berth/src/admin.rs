@@ -24,14 +24,17 @@ pub enum Command {
     Quotas,
 }
 
-pub fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<()> {
-    let cfg = Config::load(config_file.as_deref(), std::env::vars())?;
-    crate::logging::init(&cfg);
+/// Runs `cmd` on the registry `registry` names (the only one when the
+/// configuration has no `registries` key).
+pub fn run(cmd: Command, config_file: Option<PathBuf>, registry: Option<&str>) -> Result<()> {
+    let whole = Config::load(config_file.as_deref(), std::env::vars())?;
+    crate::logging::init(&whole);
+    let (cfg, host) = whole.select(registry)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    match app::lock_store(&cfg)? {
-        Some(Err(())) => rt.block_on(remote(&cfg, cmd)),
+    match app::lock_store(cfg)? {
+        Some(Err(())) => rt.block_on(remote(cfg, cmd, host)),
         lock => {
-            let out = rt.block_on(local(&cfg, cmd));
+            let out = rt.block_on(local(cfg, cmd));
             drop(lock);
             out
         }
@@ -175,14 +178,21 @@ fn server_url(cfg: &Config) -> Result<String> {
 
 /// How the CLI proves itself to the server: `admin.tokenfile`, or
 /// `BERTH_USER` and `BERTH_PASSWORD`.
+/// What every request to the server carries: credentials, and the host name
+/// of the registry asked in a process serving several.
 struct Credentials {
     token: Option<String>,
     user: Option<String>,
     password: Option<String>,
+    host: Option<String>,
 }
 
 impl Credentials {
     fn apply(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let req = match &self.host {
+            Some(h) => req.header(reqwest::header::HOST, h),
+            None => req,
+        };
         match (&self.token, &self.user, &self.password) {
             (Some(t), _, _) => req.bearer_auth(t),
             (None, Some(u), Some(p)) => req.basic_auth(u, Some(p)),
@@ -201,8 +211,13 @@ async fn follow_job(
     credentials: &Credentials,
 ) -> Result<String> {
     let job: serde_json::Value = serde_json::from_str(queued).context("reading the queued job")?;
+    // The status is asked of the server reached, whatever name its Location
+    // carries (the registry's host name may not resolve here).
     let url = match (location, job["id"].as_str()) {
-        (Some(l), _) if l.starts_with("http") => l,
+        (Some(l), _) if l.starts_with("http") => {
+            let path = l.split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()));
+            format!("{base}{}", path.unwrap_or_default())
+        }
         (Some(l), _) => format!("{base}{l}"),
         (None, Some(id)) => format!("{base}/_berth/jobs/{id}"),
         (None, None) => bail!("the server queued a job but did not say where to follow it"),
@@ -235,7 +250,7 @@ async fn follow_job(
     outcome
 }
 
-async fn remote(cfg: &Config, cmd: Command) -> Result<()> {
+async fn remote(cfg: &Config, cmd: Command, host: Option<&str>) -> Result<()> {
     let base = server_url(cfg)?;
     {
         use std::io::Write as _;
@@ -258,8 +273,12 @@ async fn remote(cfg: &Config, cmd: Command) -> Result<()> {
         Command::Quotas => client.get(format!("{base}/_berth/quotas")),
     };
     let user = std::env::var("BERTH_USER").ok().filter(|u| !u.is_empty());
-    let credentials =
-        Credentials { token: cfg.admin.token()?, user: user.clone(), password: std::env::var("BERTH_PASSWORD").ok() };
+    let credentials = Credentials {
+        token: cfg.admin.token()?,
+        user: user.clone(),
+        password: std::env::var("BERTH_PASSWORD").ok(),
+        host: host.map(str::to_owned),
+    };
     let req = credentials.apply(req);
     let resp = req.send().await.with_context(|| format!("asking the server at {base}"))?;
     let status = resp.status();

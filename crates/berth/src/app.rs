@@ -16,7 +16,7 @@ use berth_storage::StorageDriver;
 use berth_types::RepoName;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{default_data_dir, Config};
+use crate::config::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -31,16 +31,39 @@ pub enum Mode {
 /// environment, creating nothing; prints the effective settings, secrets
 /// masked, and "configuration OK" only when all of it holds.
 pub fn check_config(file: &Path) -> Result<()> {
-    let cfg = Config::load(Some(file), std::env::vars())?;
+    let whole = Config::load(Some(file), std::env::vars())?;
+    let mut out = vec![format!("  listen:    {} ({})", whole.http.addr, whole.http.net)];
+    for (name, hosts, cfg) in whole.units() {
+        let lines = describe(cfg).with_context(|| name.map(|n| format!("registry {n}")).unwrap_or_default())?;
+        match name {
+            None => out.extend(lines),
+            Some(n) => {
+                let default = if whole.default_registry.as_deref() == Some(n) { " (the default)" } else { "" };
+                out.push(format!("  registry:  {n} at {}{default}", self::hosts(hosts)));
+                out.extend(lines.into_iter().map(|l| format!("  {l}")));
+            }
+        }
+    }
+    if !whole.registries.is_empty() && whole.default_registry.is_none() {
+        out.push("  other hosts: answered 421 Misdirected Request".to_owned());
+    }
+    crate::out!("configuration OK: {}", file.display());
+    for line in out {
+        crate::out!("{line}");
+    }
+    Ok(())
+}
+
+/// The effective settings of one registry, checked with the files they name.
+fn describe(cfg: &Config) -> Result<Vec<String>> {
     let env = |k: &str| std::env::var(k).ok();
     let auth = berth_auth::Authorizer::check(&cfg.auth)?;
     cfg.admin.token()?;
     if cfg.object_store(&env)?.is_some() {
         crate::config::ca_bundle(&env)?;
     }
-    let (storage, db) = describe_storage(&cfg);
+    let (storage, db) = describe_storage(cfg);
     let mut out = Vec::new();
-    out.push(format!("  listen:    {} ({})", cfg.http.addr, cfg.http.net));
     out.push(format!("  storage:   {storage}"));
     out.push(format!("  metadata:  {db}"));
     out.push(format!("  deletes:   {}", if cfg.storage.delete.enabled { "enabled" } else { "disabled" }));
@@ -119,30 +142,15 @@ pub fn check_config(file: &Path) -> Result<()> {
     for w in &cfg.warnings {
         out.push(format!("  warning:   {w}"));
     }
-    crate::out!("configuration OK: {}", file.display());
-    for line in out {
-        crate::out!("{line}");
-    }
-    Ok(())
+    Ok(out)
 }
 
 fn fs_root(cfg: &Config) -> PathBuf {
-    cfg.storage
-        .filesystem
-        .as_ref()
-        .and_then(|f| f.rootdirectory.clone())
-        .unwrap_or_else(|| default_data_dir(&|k| std::env::var(k).ok()))
+    cfg.fs_root()
 }
 
-/// The embedded SQLite file; None in memory, or when the database is PostgreSQL.
 fn db_path(cfg: &Config) -> Option<PathBuf> {
-    if cfg.database.postgres_dsn().is_some() {
-        return None;
-    }
-    cfg.database
-        .path
-        .clone()
-        .or_else(|| cfg.storage.inmemory.is_none().then(|| fs_root(cfg).join("_berth").join("metadata.sqlite")))
+    cfg.sqlite_path()
 }
 
 fn describe_storage(cfg: &Config) -> (String, String) {
@@ -330,7 +338,9 @@ async fn bind(cfg: &Config) -> Result<Bound> {
     Ok(Bound::Tcp(l))
 }
 
-pub fn run(mode: Mode, config_file: Option<PathBuf>) -> Result<()> {
+/// Serves (or imports into) every registry the configuration names; `import`
+/// takes one, chosen by `registry` when there are several.
+pub fn run(mode: Mode, config_file: Option<PathBuf>, registry: Option<&str>) -> Result<()> {
     let cfg = Config::load(config_file.as_deref(), std::env::vars())?;
     crate::logging::init(&cfg);
     for w in &cfg.warnings {
@@ -347,46 +357,90 @@ pub fn run(mode: Mode, config_file: Option<PathBuf>) -> Result<()> {
             Mode::Serve => Some(bind(&cfg).await?),
             _ => None,
         };
-        let mut lock = match lock_store(&cfg)? {
-            Some(Err(())) => anyhow::bail!(
-                "another berth server uses the store at {}; stop it first (maintenance commands talk to it instead)",
-                fs_root(&cfg).display()
-            ),
-            Some(Ok(f)) => Some(f),
-            None => None,
+        let units: Vec<Unit> = match mode {
+            Mode::Serve => cfg.units().into_iter().map(|(name, hosts, cfg)| Unit { name, hosts, cfg }).collect(),
+            _ => {
+                let (one, _) = cfg.select(registry)?;
+                vec![Unit { name: registry, hosts: &[], cfg: one }]
+            }
         };
-        // The lock file names where the server listens, for the maintenance commands.
-        if let (Some(f), Some(Bound::Tcp(l))) = (&mut lock, &listener) {
-            use std::io::{Seek, Write};
-            let url = format!("http://{}\n", l.local_addr()?);
-            let _ = f.set_len(0).and_then(|()| f.rewind()).and_then(|()| f.write_all(url.as_bytes()));
+        let mut locks = Vec::new();
+        for u in &units {
+            let mut lock = match lock_store(u.cfg)? {
+                Some(Err(())) => anyhow::bail!(
+                    "another berth server uses the store at {}{}; stop it first (maintenance commands talk to it instead)",
+                    fs_root(u.cfg).display(),
+                    u.named()
+                ),
+                Some(Ok(f)) => Some(f),
+                None => None,
+            };
+            // The lock file names where the server listens, for the maintenance commands.
+            if let (Some(f), Some(Bound::Tcp(l))) = (&mut lock, &listener) {
+                use std::io::{Seek, Write};
+                let url = format!("http://{}\n", l.local_addr()?);
+                let _ = f.set_len(0).and_then(|()| f.rewind()).and_then(|()| f.write_all(url.as_bytes()));
+            }
+            locks.push(lock);
         }
-        let built = build(&cfg, mode).await?;
+        let mut built = Vec::new();
+        for u in &units {
+            built.push(build(u.cfg, mode).await.with_context(|| u.named().trim_start().to_owned())?);
+        }
         match listener {
             None => {
-                built.registry.close().await;
+                for b in built {
+                    b.registry.close().await;
+                }
                 Ok(())
             }
-            Some(listener) => serve(&cfg, built, listener).await,
+            Some(listener) => serve(&cfg, units, built, listener).await,
         }
     })
+}
+
+/// One registry of the process: its name when there are several, the host
+/// names it answers, its configuration.
+struct Unit<'a> {
+    name: Option<&'a str>,
+    hosts: &'a [String],
+    cfg: &'a Config,
+}
+
+impl Unit<'_> {
+    /// " (registry NAME)" when there are several, for messages.
+    fn named(&self) -> String {
+        self.name.map(|n| format!(" (registry {n})")).unwrap_or_default()
+    }
 }
 
 /// Where the metadata keeps the signing key of the issuer Berth runs for
 /// anonymous rules, shared by every instance on the database.
 const IMPLICIT_KEY: &str = "token_signing_key";
 
-async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
-    let registry = built.registry.clone();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
+/// A registry made ready to serve: its router and what stops with it.
+struct Serving {
+    registry: Registry,
+    workers: berth_jobs::Runner,
+    router: axum::Router,
+}
 
+/// Readies one registry: finishes an interrupted collection, starts its
+/// workers, builds its authorizer and its router.
+async fn ready(
+    process: &Config,
+    unit: &Unit<'_>,
+    built: Built,
+    shutdown: &CancellationToken,
+    streams: &berth_server::StreamLimit,
+) -> Result<(Serving, Built)> {
+    let cfg = unit.cfg;
+    let registry = built.registry.clone();
     // A collection a crash cut short is finished before anything is served.
     if !cfg.storage.maintenance.readonly.enabled {
         registry.finish_interrupted_collection().await.context("finishing an interrupted garbage collection")?;
     }
-    let (workers, jobs) = crate::jobs::start(cfg, &registry, &shutdown)?;
-
+    let (workers, jobs) = crate::jobs::start(cfg, &registry, shutdown)?;
     let implicit_key = if cfg.auth.wants_implicit_issuer() {
         let fresh = berth_auth::issuer::generate_key_pem()?;
         Some(registry.shared_setting(IMPLICIT_KEY, &fresh).await.context("storing the token signing key")?)
@@ -395,7 +449,7 @@ async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
     };
     let auth = berth_auth::Authorizer::new(cfg.auth.clone(), implicit_key.as_deref())?;
     if let Some(a) = &auth {
-        tracing::info!(mode = a.mode(), "authentication enabled");
+        tracing::info!(mode = a.mode(), registry = unit.name, "authentication enabled");
     }
     let server_cfg = berth_server::ServerConfig {
         host: cfg.http.host.clone(),
@@ -403,16 +457,39 @@ async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
         headers: cfg.response_headers()?,
         catalog_max_entries: cfg.catalog.maxentries,
         tls: false,
-        access_log: !cfg.log.accesslog.disabled,
+        access_log: !process.log.accesslog.disabled,
         auth,
         jobs,
         admin_token: cfg.admin.token()?,
         automatic_mount: cfg.uploads.automaticmount,
-        trusted_proxies: cfg.trusted_proxies()?,
-        max_streams: cfg.http.limits.streams,
+        trusted_proxies: process.trusted_proxies()?,
+        streams: streams.clone(),
+        name: unit.name.map(str::to_owned),
     };
     let router = berth_server::router(registry.clone(), server_cfg);
-    let (storage, db) = describe_storage(cfg);
+    Ok((Serving { registry, workers, router }, built))
+}
+
+async fn serve(cfg: &Config, units: Vec<Unit<'_>>, built: Vec<Built>, listener: Bound) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    let streams = berth_server::StreamLimit::new(cfg.http.limits.streams);
+    let mut serving = Vec::new();
+    let mut keep = Vec::new();
+    for (u, b) in units.iter().zip(built) {
+        let (s, b) = ready(cfg, u, b, &shutdown, &streams).await.with_context(|| u.named().trim_start().to_owned())?;
+        serving.push(s);
+        keep.push(b);
+    }
+    let router = if cfg.registries.is_empty() {
+        serving[0].router.clone()
+    } else {
+        let default = cfg.default_registry.as_deref().and_then(|d| units.iter().position(|u| u.name == Some(d)));
+        let entries = units.iter().zip(&serving).map(|(u, s)| (u.hosts.to_vec(), s.router.clone())).collect();
+        berth_server::VirtualHosts::new(entries, default, cfg.trusted_proxies()?)
+            .map_err(|e| anyhow::anyhow!("registries: {e}"))?
+            .into_router()
+    };
     let drain = cfg.http.draintimeout;
     let t = &cfg.http.timeouts;
     let limits = berth_server::ConnectionLimits {
@@ -424,15 +501,22 @@ async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
         per_client: cfg.http.limits.connectionsperclient,
         max_connections: cfg.http.limits.connections,
     };
-
+    let announce_all = |addr: &str| {
+        for u in &units {
+            let (storage, db) = describe_storage(u.cfg);
+            announce(addr, u, &storage, &db);
+        }
+    };
     let drained = match listener {
         Bound::Unix(listener, path) => {
-            announce(&format!("unix:{}", path.display()), &storage, &db);
+            crate::out!("berth {} listening on unix:{}", env!("CARGO_PKG_VERSION"), path.display());
+            announce_all(&format!("unix:{}", path.display()));
             berth_server::serve(listener, router, limits, shutdown.clone().cancelled_owned(), drain).await
         }
         Bound::Tcp(listener) => {
             let local = listener.local_addr()?;
-            announce(&format!("http://{local}"), &storage, &db);
+            crate::out!("berth {} listening on http://{local}", env!("CARGO_PKG_VERSION"));
+            announce_all(&format!("http://{local}"));
             use axum::serve::ListenerExt;
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
@@ -444,20 +528,40 @@ async fn serve(cfg: &Config, built: Built, listener: Bound) -> Result<()> {
         tracing::warn!(?drain, "in-flight requests did not finish within http.draintimeout; stopping");
     }
     shutdown.cancel();
-    workers.shutdown(crate::jobs::EXIT_GRACE).await;
-    if let Err(e) = registry.flush_pulls().await {
-        tracing::warn!(error = %e, "could not record the last pulls");
+    // The registries' workers stop side by side, each within the grace.
+    let stops: Vec<_> = serving
+        .iter_mut()
+        .map(|s| tokio::spawn(std::mem::take(&mut s.workers).shutdown(crate::jobs::EXIT_GRACE)))
+        .collect();
+    for stop in stops {
+        let _ = stop.await;
     }
-    registry.close().await;
+    for (u, s) in units.iter().zip(&serving) {
+        if let Err(e) = s.registry.flush_pulls().await {
+            tracing::warn!(error = %e, registry = u.name, "could not record the last pulls");
+        }
+        s.registry.close().await;
+    }
+    drop(keep);
     tracing::info!("stopped");
     Ok(())
 }
 
-fn announce(addr: &str, storage: &str, db: &str) {
-    // On stdout, one line, so people and scripts can see where it listens.
-    crate::out!("berth {} listening on {addr}", env!("CARGO_PKG_VERSION"));
-    crate::out!("berth storage: {storage}; metadata: {db}");
-    tracing::info!(addr, storage, metadata = db, "listening");
+/// On stdout, one line per registry, so people and scripts can see what it serves.
+fn announce(addr: &str, unit: &Unit<'_>, storage: &str, db: &str) {
+    match unit.name {
+        None => crate::out!("berth storage: {storage}; metadata: {db}"),
+        Some(name) => crate::out!("berth registry {name} at {}: storage: {storage}; metadata: {db}", hosts(unit.hosts)),
+    }
+    tracing::info!(addr, registry = unit.name, storage, metadata = db, "listening");
+}
+
+fn hosts(hosts: &[String]) -> String {
+    if hosts.is_empty() {
+        "every other host".to_owned()
+    } else {
+        hosts.join(", ")
+    }
 }
 
 async fn signals(shutdown: CancellationToken) {

@@ -55,6 +55,14 @@ impl ConfigPath {
     }
 }
 
+/// Which registry, when the configuration serves several (`registries:`).
+#[derive(clap::Args)]
+struct Which {
+    /// The registry to work on (a name under `registries`, `yt.hume` for a pattern's).
+    #[arg(long, value_name = "NAME")]
+    registry: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the registry. Without a configuration it listens on :5000 and keeps
@@ -68,6 +76,8 @@ enum Command {
     Import {
         #[command(flatten)]
         config: ConfigPath,
+        #[command(flatten)]
+        which: Which,
     },
     /// Configuration commands.
     Config {
@@ -84,6 +94,8 @@ enum Command {
     Gc {
         #[command(flatten)]
         config: ConfigPath,
+        #[command(flatten)]
+        which: Which,
         /// List what would be deleted, delete nothing.
         #[arg(long, short = 'd')]
         dry_run: bool,
@@ -102,6 +114,8 @@ enum Command {
     Retention {
         #[command(flatten)]
         config: ConfigPath,
+        #[command(flatten)]
+        which: Which,
         /// List the tags and manifests that would go, and why the rest stay; delete nothing.
         #[arg(long, short = 'd')]
         dry_run: bool,
@@ -115,6 +129,8 @@ enum Command {
     Quotas {
         #[command(flatten)]
         config: ConfigPath,
+        #[command(flatten)]
+        which: Which,
     },
     /// Print the version, the commit it was built from and the build date.
     Version,
@@ -133,6 +149,8 @@ enum RepoCommand {
         name: String,
         #[command(flatten)]
         config: ConfigPath,
+        #[command(flatten)]
+        which: Which,
     },
 }
 
@@ -202,16 +220,22 @@ fn main() -> ExitCode {
         Command::Htpasswd { command: HtpasswdCommand::Add { user, file, password_stdin } } => {
             htpasswd_add(&user, &file, password_stdin)
         }
-        Command::Serve { config } => app::run(app::Mode::Serve, config.path()),
-        Command::Import { config } => app::run(app::Mode::Import, config.path()),
-        Command::Gc { config, dry_run, delete_untagged, delete_referrers, grace } => {
-            admin::run(admin::Command::Gc { dry_run, delete_untagged, delete_referrers, grace }, config.path())
+        Command::Serve { config } => app::run(app::Mode::Serve, config.path(), None),
+        Command::Import { config, which } => app::run(app::Mode::Import, config.path(), which.registry.as_deref()),
+        Command::Gc { config, which, dry_run, delete_untagged, delete_referrers, grace } => admin::run(
+            admin::Command::Gc { dry_run, delete_untagged, delete_referrers, grace },
+            config.path(),
+            which.registry.as_deref(),
+        ),
+        Command::Retention { config, which, dry_run } => {
+            admin::run(admin::Command::Retention { dry_run }, config.path(), which.registry.as_deref())
         }
-        Command::Retention { config, dry_run } => admin::run(admin::Command::Retention { dry_run }, config.path()),
-        Command::Repo { command: RepoCommand::Delete { name, config } } => {
-            admin::run(admin::Command::DeleteRepository { name }, config.path())
+        Command::Repo { command: RepoCommand::Delete { name, config, which } } => {
+            admin::run(admin::Command::DeleteRepository { name }, config.path(), which.registry.as_deref())
         }
-        Command::Quotas { config } => admin::run(admin::Command::Quotas, config.path()),
+        Command::Quotas { config, which } => {
+            admin::run(admin::Command::Quotas, config.path(), which.registry.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

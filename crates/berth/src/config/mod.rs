@@ -19,6 +19,7 @@ mod http;
 mod lenient;
 mod log;
 mod quotas;
+mod registries;
 mod retention;
 mod s3;
 mod secrets;
@@ -32,6 +33,7 @@ pub use gc::GcConfig;
 pub use http::{CatalogConfig, HttpConfig};
 pub use log::LogConfig;
 pub use quotas::QuotaConfig;
+pub use registries::VirtualRegistry;
 pub use retention::RetentionConfig;
 pub use s3::{ca_bundle, OssSection, S3Section};
 pub use storage::StorageConfig;
@@ -85,6 +87,13 @@ pub struct Config {
     /// What was accepted and has no effect, said once at start and by `config check`.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// Berth: `registries`, several registries chosen by host name; empty
+    /// when this configuration is one registry serving every host.
+    #[serde(skip)]
+    pub registries: Vec<VirtualRegistry>,
+    /// Berth: `default`, the registry a host none of them lists goes to.
+    #[serde(skip)]
+    pub default_registry: Option<String>,
 }
 
 impl Config {
@@ -110,6 +119,8 @@ impl Config {
         if !root.is_mapping() {
             bail!("configuration must be a mapping of keys");
         }
+        let several = registries::take(&mut root)?;
+        let base = several.as_ref().map(|_| root.clone());
         secrets::read_secret_files(&mut root)?;
         let present = |key: &str| env::lookup(&root, key).is_some_and(|v| !v.is_null());
         let refused: Vec<String> =
@@ -132,6 +143,10 @@ impl Config {
         })?;
         cfg.warnings = warnings;
         cfg.validate()?;
+        if let (Some((blocks, default)), Some(base)) = (several, base) {
+            cfg.registries = registries::build(&base, &blocks, default.as_deref())?;
+            cfg.default_registry = default;
+        }
         Ok(cfg)
     }
 
@@ -216,6 +231,28 @@ impl Config {
         }
         self.database.validate()?;
         Ok(())
+    }
+}
+
+impl Config {
+    /// The filesystem store's root: `storage.filesystem.rootdirectory`, else the default data directory.
+    pub fn fs_root(&self) -> PathBuf {
+        self.storage
+            .filesystem
+            .as_ref()
+            .and_then(|f| f.rootdirectory.clone())
+            .unwrap_or_else(|| default_data_dir(&|k| std::env::var(k).ok()))
+    }
+
+    /// The embedded SQLite file; None in memory, or when the database is PostgreSQL.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        if self.database.postgres_dsn().is_some() {
+            return None;
+        }
+        self.database
+            .path
+            .clone()
+            .or_else(|| self.storage.inmemory.is_none().then(|| self.fs_root().join("_berth").join("metadata.sqlite")))
     }
 }
 

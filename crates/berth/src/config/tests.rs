@@ -426,3 +426,139 @@ fn trusted_proxies_are_ranges() {
     let e = load("http:\n  trustedproxies: [10.0.0.0/40]\n", &[]).unwrap_err().to_string();
     assert_eq!(e, "http.trustedproxies[0]: \"10.0.0.0/40\": prefix must be 0 to 32");
 }
+
+const TWO: &str = r#"
+version: 0.1
+storage:
+  delete:
+    enabled: true
+  filesystem:
+    rootdirectory: /srv/registry/{registry}
+auth:
+  htpasswd:
+    realm: Berth
+    path: /etc/berth/htpasswd
+gc:
+  grace: 2h
+registries:
+  ci:
+    hosts: [ci.example.test, "ci.example.test:5000"]
+    retention:
+      policies:
+        - repositories: ["**"]
+          keeplast: 50
+  cache:
+    hosts: [Cache.Example.Test]
+    storage:
+      delete:
+        enabled: false
+    auth:
+      htpasswd:
+        path: /etc/berth/cache.htpasswd
+    quotas:
+      - namespace: releases
+        limit: 5GiB
+default: ci
+"#;
+
+#[test]
+fn registries_inherit_the_top_level_and_override_it_key_by_key() {
+    let c = load(TWO, &[]).unwrap();
+    assert_eq!(c.registries.len(), 2);
+    assert_eq!(c.default_registry.as_deref(), Some("ci"));
+    let ci = &c.registries[0];
+    let cache = &c.registries[1];
+    assert_eq!((ci.name.as_str(), cache.name.as_str()), ("ci", "cache"));
+    assert_eq!(ci.hosts, ["ci.example.test", "ci.example.test:5000"]);
+    assert_eq!(cache.hosts, ["cache.example.test"], "host names compare lowercase");
+    assert_eq!(ci.config.fs_root(), Path::new("/srv/registry/ci"), "{{registry}} is the registry's name");
+    assert_eq!(cache.config.fs_root(), Path::new("/srv/registry/cache"));
+    assert!(ci.config.storage.delete.enabled);
+    assert!(!cache.config.storage.delete.enabled, "a key set by the registry wins");
+    let ht = |c: &Config| c.auth.htpasswd.clone().unwrap();
+    assert_eq!(ht(&ci.config).path, Path::new("/etc/berth/htpasswd"));
+    assert_eq!(ht(&cache.config).path, Path::new("/etc/berth/cache.htpasswd"));
+    assert_eq!(ht(&cache.config).realm, "Berth", "the rest of a section is inherited");
+    assert_eq!(ci.config.gc.grace, Duration::from_secs(7200));
+    assert_eq!(ci.config.retention_policies().unwrap().len(), 1);
+    assert!(cache.config.retention_policies().unwrap().is_empty());
+    assert!(ci.config.quota_limits().unwrap().is_empty() && cache.config.quota_limits().unwrap().len() == 1);
+    assert_eq!(c.select(Some("cache")).unwrap().1, Some("cache.example.test"));
+    let e = c.select(None).unwrap_err().to_string();
+    assert_eq!(e, "this configuration serves several registries (ci, cache): say which with --registry NAME");
+    assert!(c.select(Some("nope")).unwrap_err().to_string().contains("not one of the registries (ci, cache)"));
+    assert!(load("", &[]).unwrap().select(Some("ci")).is_err());
+    assert!(load("", &[]).unwrap().registries.is_empty(), "without the key, one registry for every host");
+}
+
+#[test]
+fn a_driver_or_auth_method_a_registry_names_replaces_the_inherited_one() {
+    let yaml = r#"
+storage:
+  filesystem:
+    rootdirectory: /srv/registry
+auth:
+  htpasswd:
+    path: /etc/berth/htpasswd
+registries:
+  main:
+    hosts: [main.example.test]
+  mem:
+    hosts: [mem.example.test]
+    storage:
+      inmemory: {}
+    auth:
+      token:
+        realm: https://auth.example.test/token
+        service: mem
+        issuer: auth.example.test
+        jwks: /etc/berth/jwks.json
+"#;
+    let c = load(yaml, &[]).unwrap();
+    let mem = &c.registries[1].config;
+    assert!(mem.storage.inmemory.is_some() && mem.storage.filesystem.is_none());
+    assert!(mem.auth.token.is_some() && mem.auth.htpasswd.is_none());
+    assert!(c.registries[0].config.auth.htpasswd.is_some());
+}
+
+#[test]
+fn a_host_pattern_makes_one_registry_per_allowed_value() {
+    let yaml = r#"
+storage:
+  filesystem:
+    rootdirectory: /srv/registry/{registry}/{cluster}
+registries:
+  yt:
+    hosts: ["registry.{cluster}.example.test"]
+    vars:
+      cluster: [hume, hahn, freud]
+"#;
+    let c = load(yaml, &[]).unwrap();
+    let names: Vec<&str> = c.registries.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["yt.hume", "yt.hahn", "yt.freud"]);
+    assert_eq!(c.registries[1].hosts, ["registry.hahn.example.test"]);
+    assert_eq!(c.registries[1].config.fs_root(), Path::new("/srv/registry/yt/hahn"));
+    assert_eq!(c.default_registry, None);
+}
+
+#[test]
+fn registries_that_cannot_work_are_refused_with_the_key() {
+    let cases: &[(&str, &str)] = &[
+        ("registries:\n  ci:\n    hosts: [a.example.test]\n    log:\n      level: debug\n", "registries.ci.log: set once for the process, at the top level"),
+        ("registries:\n  ci:\n    hosts: [a.example.test]\n    http:\n      addr: :5001\n", "registries.ci.http.addr: set once for the process"),
+        ("registries:\n  ci:\n    storage: {inmemory: {}}\n", "registries.ci.hosts: say which host names it answers"),
+        ("registries:\n  ci:\n    hosts: [\"r.{cluster}.example.test\"]\n    storage: {inmemory: {}}\n", "captures {cluster}: list its allowed values in registries.ci.vars.cluster"),
+        ("registries:\n  ci:\n    hosts: [a.example.test]\n    vars: {cluster: [a]}\n    storage: {inmemory: {}}\n", "registries.ci.vars.cluster: no host pattern captures {cluster}"),
+        ("registries:\n  ci:\n    hosts: [\"r.{c}.example.test\"]\n    vars: {c: [\"../etc\"]}\n    storage: {inmemory: {}}\n", "is not lowercase letters, digits and '-'"),
+        ("registries:\n  ci:\n    hosts: [\"a b\"]\n    storage: {inmemory: {}}\n", "registries.ci.hosts[0]: \"a b\" is not a host name"),
+        ("registries:\n  ci:\n    hosts: [a.example.test]\n    storage: {inmemory: {}}\ndefault: cache\n", "default: \"cache\" is not one of the registries (ci)"),
+        ("default: ci\n", "default: names a registry, but there is no registries key"),
+        ("registries:\n  a:\n    hosts: [a.example.test]\n  b:\n    hosts: [b.example.test]\n", "registries a and b share the store filesystem at"),
+        ("registries:\n  a:\n    hosts: [a.example.test]\n    storage: {inmemory: {}}\n    gc: {interval: 0s, enabled: true}\n", "registry a: gc.interval: must be greater than zero"),
+        ("registries: [a]\n", "registries: must map names to registries"),
+    ];
+    for (yaml, want) in cases {
+        let e = format!("{:#}", load(yaml, &[]).unwrap_err());
+        assert!(e.contains(want), "{yaml}\n→ {e}\nwanted {want}");
+    }
+}
