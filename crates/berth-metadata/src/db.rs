@@ -85,6 +85,7 @@ impl Metadata {
             backend: Backend::Sqlite,
             cache: Arc::new(Cache::new(true)),
             locks: None,
+            lock_prefix: String::new(),
         };
         migrate(&mut *md.write.acquire().await?, SQLITE_MIGRATIONS).await?;
         let read = AnyPoolOptions::new().max_connections(8).after_connect(setup).connect_with(opts.clone()).await?;
@@ -98,18 +99,51 @@ impl Metadata {
     /// and whether the schema was created just now. `url` is a libpq-style
     /// URL (`postgres://user:password@host:5432/db`); it is never logged.
     pub async fn open_postgres(url: &str, max_connections: u32) -> Result<(Self, bool)> {
+        Self::open_postgres_in(url, max_connections, None).await
+    }
+
+    /// Like [`Metadata::open_postgres`], with the tables in `schema` (created
+    /// if absent) rather than the connection's default one: several
+    /// registries of one process keep their metadata apart inside one
+    /// database. A name outside `[a-z0-9_.-]{1,63}` is refused.
+    pub async fn open_postgres_in(url: &str, max_connections: u32, schema: Option<&str>) -> Result<(Self, bool)> {
         sqlx::any::install_default_drivers();
         let opts = AnyConnectOptions::from_str(url)?;
+        let search_path: Option<Arc<str>> = match schema {
+            None => None,
+            Some(s) if valid_schema(s) => Some(format!("SET search_path TO \"{s}\"").into()),
+            Some(s) => {
+                return Err(MetadataError::Corrupt(format!(
+                    "schema name {s:?}: use 1 to 63 of a-z, 0-9, '_', '.', '-'"
+                )))
+            }
+        };
         let created = {
             // A connection of its own: if migrating fails, closing it releases the lock.
             let mut conn = sqlx::AnyConnection::connect_with(&opts).await?;
             sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut conn).await?;
+            if let (Some(schema), Some(set)) = (schema, &search_path) {
+                conn.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str()).await?;
+                conn.execute(&**set).await?;
+            }
             let created = migrate(&mut conn, POSTGRES_MIGRATIONS).await?;
             sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut conn).await?;
             conn.close().await?;
             created
         };
-        let pool = AnyPoolOptions::new().max_connections(max_connections.max(1)).connect_with(opts.clone()).await?;
+        let pool_options = || {
+            let set = search_path.clone();
+            AnyPoolOptions::new().after_connect(move |conn, _meta| {
+                let set = set.clone();
+                Box::pin(async move {
+                    if let Some(set) = set {
+                        conn.execute(&*set).await?;
+                    }
+                    Ok(())
+                })
+            })
+        };
+        let pool = pool_options().max_connections(max_connections.max(1)).connect_with(opts.clone()).await?;
         let md = Metadata {
             read: pool.clone(),
             uploads: pool.clone(),
@@ -117,9 +151,8 @@ impl Metadata {
             backend: Backend::Postgres,
             // Other instances write too: a cached read could be stale.
             cache: Arc::new(Cache::new(false)),
-            locks: Some(
-                AnyPoolOptions::new().max_connections((max_connections / 2).clamp(2, 16)).connect_with(opts).await?,
-            ),
+            locks: Some(pool_options().max_connections((max_connections / 2).clamp(2, 16)).connect_with(opts).await?),
+            lock_prefix: schema.map(|s| format!("{s}/")).unwrap_or_default(),
         };
         Ok((md, created))
     }
@@ -144,7 +177,7 @@ impl Metadata {
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .bind(REPOSITORY_LOCK_SPACE)
-            .bind(repo)
+            .bind(format!("{}{repo}", self.lock_prefix))
             .execute(&mut *tx)
             .await?;
         Ok(RepositoryLock { _tx: Some(tx) })
@@ -189,4 +222,10 @@ pub(crate) async fn migrate(conn: &mut sqlx::AnyConnection, migrations: &[(i64, 
         tracing::info!(version, "applied metadata migration");
     }
     Ok(created)
+}
+
+/// A schema name Berth accepts: quoted in SQL, so it needs no other escaping.
+pub fn valid_schema(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
 }

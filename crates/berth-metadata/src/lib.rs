@@ -21,6 +21,7 @@ use sqlx::{Any, AnyPool, Transaction};
 mod blobs;
 mod cache;
 mod db;
+pub use db::valid_schema;
 mod gc;
 mod graph;
 mod import;
@@ -112,6 +113,9 @@ pub struct Metadata {
     /// [`Metadata::lock_repository`]), apart from the pool the holders query
     /// through, so holders never wait on each other for a connection.
     locks: Option<AnyPool>,
+    /// PostgreSQL: the schema's name and a slash before a repository lock's
+    /// name, so registries sharing a database do not share locks.
+    lock_prefix: String,
 }
 
 /// A repository locked across every instance sharing the database, until

@@ -127,6 +127,49 @@ async fn postgres_reopening_keeps_data_and_does_not_remigrate() {
     other.close().await;
 }
 
+#[tokio::test]
+async fn postgres_schemas_keep_registries_apart_in_one_database() {
+    let Some(db) = db::postgres("postgres_schemas_keep_registries_apart_in_one_database").await else { return };
+    let url = db.url.clone().unwrap();
+    let (ci, created) = Metadata::open_postgres_in(&url, 2, Some("berth_ci")).await.unwrap();
+    assert!(created, "a new schema is migrated from the start");
+    let (cache, created) = Metadata::open_postgres_in(&url, 2, Some("berth_cache")).await.unwrap();
+    assert!(created);
+    ci.link_blob(r("app"), d(D1), 5).await.unwrap();
+    cache.link_blob(r("app"), d(D2), 7).await.unwrap();
+    // Same repository name, different content: each sees its own only, and
+    // the database's default schema holds neither.
+    assert_eq!(ci.repository_blob_size(r("app"), d(D1)).await.unwrap(), Some(5));
+    assert_eq!(ci.repository_blob_size(r("app"), d(D2)).await.unwrap(), None);
+    assert_eq!(cache.repository_blob_size(r("app"), d(D2)).await.unwrap(), Some(7));
+    assert_eq!(cache.repository_blob_size(r("app"), d(D1)).await.unwrap(), None);
+    assert_eq!(db.md.repository_blob_size(r("app"), d(D1)).await.unwrap(), None);
+    // Reopening finds the schema migrated, with its data; every pooled
+    // connection (more than the first) reads the same schema.
+    let (again, created) = Metadata::open_postgres_in(&url, 4, Some("berth_ci")).await.unwrap();
+    assert!(!created);
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let md = again.clone();
+        reads.spawn(async move { md.repository_blob_size(r("app"), d(D1)).await.unwrap() });
+    }
+    while let Some(size) = reads.join_next().await {
+        assert_eq!(size.unwrap(), Some(5));
+    }
+    // A repository lock in one schema does not hold the same name in another.
+    let held = ci.lock_repository(r("app")).await.unwrap();
+    let other = tokio::time::timeout(std::time::Duration::from_secs(10), cache.lock_repository(r("app"))).await;
+    let other = other.expect("the lock of berth_ci/app held berth_cache/app").unwrap();
+    // Closing a pool waits for its connections: the locks go first.
+    drop((held, other));
+    for bad in ["", "Upper", "a\"b", "a;b", &"x".repeat(64)] {
+        assert!(Metadata::open_postgres_in(&url, 1, Some(bad)).await.is_err(), "schema {bad:?} accepted");
+    }
+    for md in [ci, cache, again] {
+        md.close().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_instances_starting_together_migrate_once() {
     let Some(db) = db::postgres("postgres_instances_starting_together_migrate_once").await else { return };

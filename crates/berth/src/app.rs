@@ -174,7 +174,7 @@ fn describe_storage(cfg: &Config) -> (String, String) {
     };
     let db = match db_path(cfg) {
         _ if cfg.database.postgres_dsn().is_some() => {
-            format!("postgres at {}", cfg.database.redacted_dsn().unwrap_or_default())
+            format!("postgres at {}", cfg.database.shown_postgres())
         }
         Some(p) => format!("sqlite at {}", p.display()),
         None => "sqlite in a temporary file".into(),
@@ -241,10 +241,11 @@ pub(crate) async fn build(cfg: &Config, mode: Mode) -> Result<Built> {
     };
     let (meta, created, scratch) = if let Some(dsn) = cfg.database.postgres_dsn() {
         // Named without its password.
-        let shown = cfg.database.redacted_dsn().unwrap_or_default();
-        let (meta, created) = Metadata::open_postgres(dsn, cfg.database.max_connections())
-            .await
-            .with_context(|| format!("opening metadata database {shown}"))?;
+        let shown = cfg.database.shown_postgres();
+        let (meta, created) =
+            Metadata::open_postgres_in(dsn, cfg.database.max_connections(), cfg.database.schema.as_deref())
+                .await
+                .with_context(|| format!("opening metadata database {shown}"))?;
         (meta, created, None)
     } else {
         // The in-memory store has a database for the process only.

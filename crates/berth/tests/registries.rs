@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::push::{digest_of, http_client, runtime, seeded_bytes};
+use common::push::{check_image, digest_of, http_client, push_generated_image, runtime, seeded_bytes};
 use common::*;
 
 fn add_user(file: &Path, user: &str, pw: &str) {
@@ -261,4 +261,101 @@ fn a_host_pattern_serves_only_its_allowed_clusters_each_in_its_own_root() {
         assert_eq!(r.status(), 200, "the default registry answers");
     });
     assert!(b.stop());
+}
+
+/// A single registry (its store and PostgreSQL database) becomes one of two
+/// by adding `registries:`, without moving data; the second keeps its
+/// metadata in its own schema of the same database. Retention and collection
+/// in one leave the other alone, and a quota in one counts only its own bytes.
+#[test]
+fn a_single_registry_becomes_one_of_two_and_their_lifecycles_and_quotas_stay_apart() {
+    let Some(dsn) = postgres_database() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let single = format!(
+        "version: 0.1\nlog:\n  level: warn\nhttp:\n  addr: 127.0.0.1:0\nstorage:\n  delete:\n    enabled: true\n  \
+         filesystem:\n    rootdirectory: {}/main\ndatabase:\n  driver: postgres\n  dsn: {dsn}\ngc:\n  grace: 1s\n",
+        d.display()
+    );
+    let cfg = d.join("berth.yml");
+    std::fs::write(&cfg, &single).unwrap();
+    let rt = runtime();
+    let c = http_client();
+    let b = Berth::start(&cfg);
+    let base = format!("http://{}", b.addr);
+    let pushed: Vec<_> = (1..=3u64)
+        .map(|n| {
+            let tag = format!("a{n}");
+            rt.block_on(push_generated_image(&c, &[&base], "app/img", &tag, n, 1, 8192, 8192)).expect("push")
+        })
+        .collect();
+    assert!(b.stop());
+
+    // The same file, now with two registries: ci is the old one, as it was.
+    let two = format!(
+        "{single}registries:\n  ci:\n    hosts: [127.0.0.1]\n    retention:\n      policies:\n        \
+         - repositories: [\"**\"]\n          keeplast: 1\n          deleteuntagged: true\n  cache:\n    \
+         hosts: [localhost]\n    storage:\n      filesystem:\n        rootdirectory: {}/cache\n    database:\n      \
+         schema: berth_cache\n    quotas:\n      - namespace: app\n        limit: 6KiB\n",
+        d.display()
+    );
+    std::fs::write(&cfg, two).unwrap();
+    let b = Berth::start(&cfg);
+    let port = b.addr.rsplit(':').next().unwrap().to_owned();
+    let (ci, cache) = (format!("http://127.0.0.1:{port}"), format!("http://localhost:{port}"));
+    let berth = |args: &[&str]| {
+        let o = output(Command::new(berth_bin()).args(args).arg("-c").arg(&cfg));
+        assert!(o.status.success(), "berth {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let tags = |base: &str| {
+        rt.block_on(async {
+            let r = c.get(format!("{base}/v2/app/img/tags/list")).send().await.unwrap();
+            if r.status() == 404 {
+                return Vec::new();
+            }
+            let v: serde_json::Value = r.json().await.unwrap();
+            v["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        })
+    };
+    let held = rt.block_on(async {
+        for img in &pushed {
+            check_image(&c, &ci, img).await.expect("ci serves what the single registry held");
+        }
+        let r = c.get(format!("{cache}/v2/app/img/manifests/a1")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "cache does not see ci's repository");
+        // Cache's quota counts cache's bytes only: ci's 24 KiB in app are not its.
+        let held = push_generated_image(&c, &[&cache], "app/img", "c1", 9, 1, 4096, 4096).await.expect("cache push");
+        assert_eq!(push_blob(&c, &cache, "localhost", "app/img", &seeded_bytes(10, 4096), None).await, 403);
+        held
+    });
+    assert!(berth(&["quotas", "--registry", "cache"]).contains(&format!("app: {} of 6144 bytes", {
+        held.blobs.iter().map(|(_, b)| b.len()).sum::<usize>() + rt.block_on(manifest_len(&c, &cache, "c1"))
+    })));
+    assert_eq!(tags(&cache), ["c1"]);
+
+    // Retention and collection in ci: its old tags and their blobs go, cache keeps everything.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    berth(&["gc", "--registry", "cache", "--grace", "1s"]);
+    assert_eq!(tags(&ci), ["a1", "a2", "a3"], "collection in cache leaves ci alone");
+    berth(&["retention", "--registry", "ci"]);
+    assert_eq!(tags(&ci), ["a3"]);
+    berth(&["gc", "--registry", "ci", "--grace", "1s"]);
+    let layer = |img: &common::push::PushedImage| digest_of(&img.blobs[0].1);
+    assert!(!blob_file(&d.join("main"), &layer(&pushed[0])).exists(), "a1's layer collected in ci");
+    assert!(blob_file(&d.join("main"), &layer(&pushed[2])).exists(), "a3's layer kept");
+    assert_eq!(tags(&cache), ["c1"], "ci's retention leaves cache alone");
+    rt.block_on(check_image(&c, &cache, &held)).expect("cache's image whole");
+    assert!(blob_file(&d.join("cache"), &layer(&held)).exists());
+    assert!(b.stop());
+}
+
+async fn manifest_len(c: &reqwest::Client, base: &str, tag: &str) -> usize {
+    let r = c
+        .get(format!("{base}/v2/app/img/manifests/{tag}"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    r.bytes().await.unwrap().len()
 }

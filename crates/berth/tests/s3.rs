@@ -225,24 +225,6 @@ fn pushes_continue_while_a_garage_node_is_down() {
     }
 }
 
-/// A fresh PostgreSQL database on the cluster `scripts/postgres.sh` runs.
-fn postgres_database() -> Option<String> {
-    let out = Command::new(repo_root().join("scripts/postgres.sh")).arg("start").output().expect("run postgres.sh");
-    if !out.status.success() {
-        if std::env::var("BERTH_E2E_ALLOW_MISSING").as_deref() == Ok("1") {
-            eprintln!("SKIPPED: no PostgreSQL: {}", String::from_utf8_lossy(&out.stderr));
-            return None;
-        }
-        panic!("scripts/postgres.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let name = format!("berth_e2e_{}", uuid_like().replace('-', "_"));
-    run(Command::new("psql").args([url.as_str(), "-q", "-c", &format!("CREATE DATABASE {name}")]));
-    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
-    // Over TLS: scripts/postgres.sh serves it with a self-signed certificate.
-    Some(format!("{base}/{name}?sslmode=require"))
-}
-
 /// Three instances on one bucket and one PostgreSQL database: the chunks of
 /// one upload go to different instances, and each sees every change at once.
 #[test]

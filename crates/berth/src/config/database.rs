@@ -26,6 +26,11 @@ pub struct DatabaseConfig {
     /// PostgreSQL: connections this instance keeps at most (default 20).
     #[serde(default)]
     pub maxconnections: Option<u32>,
+    /// PostgreSQL: the schema that holds Berth's tables (created if absent),
+    /// so that several registries share one database; default: the
+    /// connection's own (`public`).
+    #[serde(default)]
+    pub schema: Option<String>,
 }
 
 pub(crate) const DEFAULT_DB_CONNECTIONS: u32 = 20;
@@ -46,11 +51,26 @@ impl DatabaseConfig {
         self.dsn.as_ref().map(Secret::expose).map(redact_dsn)
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// The PostgreSQL database as messages name it: the DSN without its
+    /// password, and the schema when one is set.
+    pub fn shown_postgres(&self) -> String {
+        let dsn = self.redacted_dsn().unwrap_or_default();
+        match &self.schema {
+            Some(s) => format!("{dsn} (schema {s})"),
+            None => dsn,
+        }
+    }
+
+    /// `template`: the top level under `registries`, whose values may still
+    /// hold `{registry}` and captured variables.
+    pub(crate) fn validate(&self, template: bool) -> Result<()> {
         match self.driver.as_deref() {
             None | Some("sqlite") => {
                 if self.dsn.is_some() {
                     bail!("database.dsn: only used with database.driver: postgres");
+                }
+                if self.schema.is_some() {
+                    bail!("database.schema: only used with database.driver: postgres (with SQLite, give each registry its own database.path)");
                 }
             }
             Some("postgres") => {
@@ -68,6 +88,12 @@ impl DatabaseConfig {
                 if self.path.is_some() {
                     bail!("database.path: the embedded SQLite file; not used with database.driver: postgres");
                 }
+                if let Some(s) = &self.schema {
+                    let checked = if template { without_placeholders(s) } else { s.clone() };
+                    if !berth_metadata::valid_schema(&checked) {
+                        bail!("database.schema: {s:?} is not a schema name Berth uses: 1 to 63 of a-z, 0-9, '_', '.', '-'");
+                    }
+                }
             }
             Some(d) => bail!("database.driver: unknown driver {d:?} (sqlite, postgres)"),
         }
@@ -84,12 +110,34 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("driver", &self.driver)
             .field("path", &self.path)
             .field("dsn", &self.redacted_dsn())
+            .field("schema", &self.schema)
             .field("maxconnections", &self.maxconnections)
             .finish()
     }
 }
 
 /// `scheme://user:secret@host/db?password=secret` → `scheme://user:***@host/db?password=***`.
+/// `s` with each `{name}` replaced by one letter, for checking a template.
+fn without_placeholders(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        match rest[open..].find('}') {
+            Some(close) => {
+                out.push('x');
+                rest = &rest[open + close + 1..];
+            }
+            None => {
+                rest = &rest[open..];
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 pub(crate) fn redact_dsn(dsn: &str) -> String {
     let (base, query) = match dsn.split_once('?') {
         Some((b, q)) => (b, Some(q)),

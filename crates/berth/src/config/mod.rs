@@ -142,7 +142,9 @@ impl Config {
             anyhow!("{}: {msg}", if path == "." { "configuration".to_owned() } else { path })
         })?;
         cfg.warnings = warnings;
-        cfg.validate()?;
+        // With registries, the top level is their template: a value may hold
+        // {registry} or a captured variable until each registry substitutes it.
+        cfg.validate(several.is_some())?;
         if let (Some((blocks, default)), Some(base)) = (several, base) {
             cfg.registries = registries::build(&base, &blocks, default.as_deref())?;
             cfg.default_registry = default;
@@ -150,7 +152,7 @@ impl Config {
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<()> {
+    fn validate(&self, template: bool) -> Result<()> {
         if let Some(v) = &self.version {
             if v != "0.1" {
                 bail!("version: only configuration version 0.1 is supported, not {v:?}");
@@ -229,7 +231,7 @@ impl Config {
         if self.gc.enabled && self.gc.interval.is_zero() {
             bail!("gc.interval: must be greater than zero");
         }
-        self.database.validate()?;
+        self.database.validate(template)?;
         Ok(())
     }
 }

@@ -46,7 +46,7 @@ const OWN_HTTP_KEYS: &[&str] = &["host", "relativeurls", "headers", "secret"];
 const EXCLUSIVE: &[(&str, &[&[&str]])] = &[
     ("storage", &[&["filesystem"], &["inmemory"], &["s3"], &["oss"]]),
     ("auth", &[&["token"], &["htpasswd", "issuer", "external"]]),
-    ("database", &[&["path"], &["dsn", "dsn_file"]]),
+    ("database", &[&["path"], &["dsn", "dsn_file", "schema"]]),
 ];
 /// The most registries one pattern may make.
 const MAX_INSTANCES: usize = 256;
@@ -271,7 +271,7 @@ fn check_apart(registries: &[VirtualRegistry]) -> Result<()> {
         if let Some((db, shown)) = r.config.database_identity() {
             if let Some(other) = databases.insert(db, &r.name) {
                 bail!(
-                    "registries {other} and {} share the metadata database {shown}: give each its own database.path or database.dsn",
+                    "registries {other} and {} share the metadata database {shown}: give each its own database.path, database.dsn or database.schema (schema: berth_{{registry}})",
                     r.name
                 );
             }
@@ -310,7 +310,8 @@ impl Config {
     /// and one to show (without a password).
     fn database_identity(&self) -> Option<(String, String)> {
         if let Some(dsn) = self.database.postgres_dsn() {
-            return Some((dsn.to_owned(), format!("postgres {}", self.database.redacted_dsn().unwrap_or_default())));
+            let schema = self.database.schema.as_deref().unwrap_or("public");
+            return Some((format!("{dsn} {schema}"), format!("postgres {}", self.database.shown_postgres())));
         }
         self.sqlite_path().map(|p| (p.display().to_string(), format!("sqlite {}", p.display())))
     }

@@ -541,6 +541,22 @@ registries:
     assert_eq!(c.default_registry, None);
 }
 
+/// Two registries on one PostgreSQL database, each with its own store.
+const PG_TWO: &str = "database: {driver: postgres, dsn: \"postgres://berth:pw@db.example.test/berth\"}\n\
+    storage: {filesystem: {rootdirectory: \"/srv/{registry}\"}}\n\
+    registries:\n  a:\n    hosts: [a.example.test]\n  b:\n    hosts: [b.example.test]\n";
+
+#[test]
+fn registries_share_a_postgres_database_each_in_its_own_schema() {
+    let c = load(&format!("{PG_TWO}    database: {{schema: berth_b}}\n"), &[]).unwrap();
+    let schemas: Vec<_> = c.units().iter().map(|(_, _, c)| c.database.schema.clone()).collect();
+    assert_eq!(schemas, [None, Some("berth_b".to_owned())]);
+    let c = load(&PG_TWO.replace("berth\"}", "berth\", schema: \"berth_{registry}\"}"), &[]).unwrap();
+    let schemas: Vec<_> = c.units().iter().map(|(_, _, c)| c.database.schema.clone().unwrap()).collect();
+    assert_eq!(schemas, ["berth_a", "berth_b"]);
+    assert!(c.units().iter().all(|(_, _, c)| c.database.postgres_dsn().is_some()), "the DSN is inherited");
+}
+
 #[test]
 fn registries_that_cannot_work_are_refused_with_the_key() {
     let cases: &[(&str, &str)] = &[
@@ -556,6 +572,9 @@ fn registries_that_cannot_work_are_refused_with_the_key() {
         ("registries:\n  a:\n    hosts: [a.example.test]\n  b:\n    hosts: [b.example.test]\n", "registries a and b share the store filesystem at"),
         ("registries:\n  a:\n    hosts: [a.example.test]\n    storage: {inmemory: {}}\n    gc: {interval: 0s, enabled: true}\n", "registry a: gc.interval: must be greater than zero"),
         ("registries: [a]\n", "registries: must map names to registries"),
+        (PG_TWO, "share the metadata database postgres postgres://berth:***@db.example.test/berth: give each its own database.path, database.dsn or database.schema"),
+        ("database:\n  schema: ci\n", "database.schema: only used with database.driver: postgres"),
+        ("database: {driver: postgres, dsn: \"postgres://db.example.test/b\", schema: \"ci;drop\"}\n", "database.schema: \"ci;drop\" is not a schema name"),
     ];
     for (yaml, want) in cases {
         let e = format!("{:#}", load(yaml, &[]).unwrap_err());

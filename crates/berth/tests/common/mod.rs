@@ -374,3 +374,28 @@ pub fn podman(work: &Path) -> Command {
         .args(["--storage-driver", "vfs", "--events-backend", "file", "--cgroup-manager", "cgroupfs"]);
     c
 }
+
+/// A name part no other test of this run uses: the process id and a counter.
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A fresh PostgreSQL database on the cluster `scripts/postgres.sh` runs.
+pub fn postgres_database() -> Option<String> {
+    let out = Command::new(repo_root().join("scripts/postgres.sh")).arg("start").output().expect("run postgres.sh");
+    if !out.status.success() {
+        if std::env::var("BERTH_E2E_ALLOW_MISSING").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: no PostgreSQL: {}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        }
+        panic!("scripts/postgres.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let name = format!("berth_e2e_{}", unique_suffix());
+    run(Command::new("psql").args([url.as_str(), "-q", "-c", &format!("CREATE DATABASE {name}")]));
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
+    // Over TLS: scripts/postgres.sh serves it with a self-signed certificate.
+    Some(format!("{base}/{name}?sslmode=require"))
+}
