@@ -4,7 +4,8 @@
 # unused dependencies, licenses and docs, then runs
 # every test of the workspace (unit, in-process API, and end-to-end tests
 # with the real binary, real clients and the reference registry; the
-# metadata tests also on PostgreSQL, started by scripts/postgres.sh).
+# metadata tests also on PostgreSQL, started by scripts/postgres.sh), and the
+# end-to-end tests a second time with a one-registry registries block.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,4 +37,12 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"
 else
   cargo test --workspace --locked --no-fail-fast "$@"
+fi
+# The end-to-end tests again, each configuration gaining a registries block
+# of one registry: adding the key to a single-registry deployment changes nothing.
+echo "== end-to-end tests as one of registries (BERTH_TEST_ONE_REGISTRY=1)"
+if cargo nextest --version >/dev/null 2>&1; then
+  BERTH_TEST_ONE_REGISTRY=1 cargo nextest run -p berth -E 'kind(test)' --locked --no-fail-fast "$@"
+else
+  BERTH_TEST_ONE_REGISTRY=1 cargo test -p berth --tests --locked --no-fail-fast "$@"
 fi

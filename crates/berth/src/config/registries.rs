@@ -335,6 +335,11 @@ impl Config {
         match (name, self.registries.is_empty()) {
             (None, true) => Ok((self, None)),
             (Some(n), true) => bail!("--registry {n}: this configuration has no registries key (it is one registry)"),
+            // One registry: the commands that worked before `registries` was added work on.
+            (None, false) if self.registries.len() == 1 => {
+                let r = &self.registries[0];
+                Ok((&r.config, r.hosts.first().map(String::as_str)))
+            }
             (None, false) => {
                 bail!("this configuration serves several registries ({}): say which with --registry NAME", names())
             }

@@ -101,12 +101,33 @@ pub fn write_config(dir: &Path, root: &Path, extra: &str) -> PathBuf {
     cfg
 }
 
+/// Set to 1, every configuration a test starts Berth with gains a
+/// `registries:` block holding one registry (answering 127.0.0.1 and
+/// localhost, and, as the default, every other host): the suite then checks
+/// that adding the key to a single-registry deployment changes nothing.
+pub const ONE_REGISTRY_VAR: &str = "BERTH_TEST_ONE_REGISTRY";
+
+/// Whether it added the block.
+fn as_one_of_registries(config: &Path) -> bool {
+    if std::env::var(ONE_REGISTRY_VAR).as_deref() != Ok("1") {
+        return false;
+    }
+    let Ok(text) = std::fs::read_to_string(config) else { return false };
+    if text.lines().any(|l| l.starts_with("registries:")) || text.trim_start().starts_with('{') {
+        return false;
+    }
+    let block = "registries:\n  main:\n    hosts: [127.0.0.1, localhost]\ndefault: main\n";
+    std::fs::write(config, format!("{}\n{block}", text.trim_end())).expect("add a registries block");
+    true
+}
+
 impl Berth {
     pub fn start(config: &Path) -> Berth {
         Self::start_with(config, &[])
     }
 
     pub fn start_with(config: &Path, env: &[(&str, &str)]) -> Berth {
+        let wrapped = as_one_of_registries(config);
         let mut cmd = Command::new(berth_bin());
         cmd.arg("serve").arg(config).stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
         for (k, v) in env {
@@ -116,13 +137,16 @@ impl Berth {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut sent = false;
+            // Wrapped, the address counts once the registry says it serves as one.
+            let (mut addr, mut registry, mut sent) = (None, !wrapped, false);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(a) = line.split("listening on http://").nth(1) {
-                        let _ = tx.send(a.trim().to_owned());
-                        sent = true;
-                    }
+                if let Some(a) = line.split("listening on http://").nth(1) {
+                    addr = Some(a.trim().to_owned());
+                }
+                registry |= line.starts_with("berth registry main at ");
+                if let (false, true, Some(a)) = (sent, registry, &addr) {
+                    let _ = tx.send(a.clone());
+                    sent = true;
                 }
             }
         });
