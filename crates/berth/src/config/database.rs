@@ -61,9 +61,7 @@ impl DatabaseConfig {
         }
     }
 
-    /// `template`: the top level under `registries`, whose values may still
-    /// hold `{registry}` and captured variables.
-    pub(crate) fn validate(&self, template: bool) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         match self.driver.as_deref() {
             None | Some("sqlite") => {
                 if self.dsn.is_some() {
@@ -89,8 +87,7 @@ impl DatabaseConfig {
                     bail!("database.path: the embedded SQLite file; not used with database.driver: postgres");
                 }
                 if let Some(s) = &self.schema {
-                    let checked = if template { without_placeholders(s) } else { s.clone() };
-                    if !berth_metadata::valid_schema(&checked) {
+                    if !berth_metadata::valid_schema(s) {
                         bail!("database.schema: {s:?} is not a schema name Berth uses: 1 to 63 of a-z, 0-9, '_', '.', '-'");
                     }
                 }
@@ -117,27 +114,6 @@ impl std::fmt::Debug for DatabaseConfig {
 }
 
 /// `scheme://user:secret@host/db?password=secret` → `scheme://user:***@host/db?password=***`.
-/// `s` with each `{name}` replaced by one letter, for checking a template.
-fn without_placeholders(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        match rest[open..].find('}') {
-            Some(close) => {
-                out.push('x');
-                rest = &rest[open + close + 1..];
-            }
-            None => {
-                rest = &rest[open..];
-                break;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 pub(crate) fn redact_dsn(dsn: &str) -> String {
     let (base, query) = match dsn.split_once('?') {
         Some((b, q)) => (b, Some(q)),

@@ -121,7 +121,9 @@ impl Config {
         }
         let several = registries::take(&mut root)?;
         let base = several.as_ref().map(|_| root.clone());
-        secrets::read_secret_files(&mut root)?;
+        // Under registries, a secret file's path may hold {registry} or a
+        // captured variable: each registry reads its own.
+        secrets::read_secret_files(&mut root, several.is_some())?;
         let present = |key: &str| env::lookup(&root, key).is_some_and(|v| !v.is_null());
         let refused: Vec<String> =
             UNSUPPORTED.iter().filter(|(k, _)| present(k)).map(|(k, why)| format!("{k}: {why}")).collect();
@@ -159,6 +161,40 @@ impl Config {
             }
         }
         self.trusted_proxies()?;
+        if self.compatibility.schema1.enabled {
+            bail!("compatibility.schema1.enabled: schema 1 manifests are not supported");
+        }
+        if self.compatibility.schema1.signingkeyfile.is_some() {
+            bail!("compatibility.schema1.signingkeyfile: schema 1 manifests are not supported");
+        }
+        if let Some(level) = self.log_level() {
+            if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+                bail!("log.level: unknown level {level:?} (error, warn, info, debug)");
+            }
+        }
+        match self.log.formatter.as_deref() {
+            None | Some("text") | Some("json") | Some("logstash") => {}
+            Some(f) => bail!("log.formatter: unknown formatter {f:?} (text, json, logstash)"),
+        }
+        match self.http.net.as_str() {
+            "tcp" | "unix" => {}
+            n => bail!("http.net: unknown network {n:?} (tcp, unix)"),
+        }
+        let t = &self.http.timeouts;
+        for (key, d) in [("firstbyte", t.firstbyte), ("header", t.header), ("idle", t.idle)] {
+            if d.is_zero() {
+                bail!("http.timeouts.{key}: must be greater than zero");
+            }
+        }
+        if template {
+            // What a registry may set is checked in each, after substitution.
+            return Ok(());
+        }
+        self.validate_registry()
+    }
+
+    /// Checks the keys a registry of several may set for itself.
+    fn validate_registry(&self) -> Result<()> {
         let s = &self.storage;
         let drivers: Vec<&str> = [
             ("filesystem", s.filesystem.is_some()),
@@ -186,25 +222,6 @@ impl Config {
         if let Some(f) = &s.filesystem {
             f.reserve_bytes()?;
         }
-        if self.compatibility.schema1.enabled {
-            bail!("compatibility.schema1.enabled: schema 1 manifests are not supported");
-        }
-        if self.compatibility.schema1.signingkeyfile.is_some() {
-            bail!("compatibility.schema1.signingkeyfile: schema 1 manifests are not supported");
-        }
-        if let Some(level) = self.log_level() {
-            if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
-                bail!("log.level: unknown level {level:?} (error, warn, info, debug)");
-            }
-        }
-        match self.log.formatter.as_deref() {
-            None | Some("text") | Some("json") | Some("logstash") => {}
-            Some(f) => bail!("log.formatter: unknown formatter {f:?} (text, json, logstash)"),
-        }
-        match self.http.net.as_str() {
-            "tcp" | "unix" => {}
-            n => bail!("http.net: unknown network {n:?} (tcp, unix)"),
-        }
         if let Some(h) = &self.http.host {
             if !(h.starts_with("http://") || h.starts_with("https://")) {
                 bail!("http.host: must be an absolute URL such as https://registry.example.test:5000");
@@ -216,12 +233,6 @@ impl Config {
         if self.storage.maintenance.uploadpurging.enabled && self.storage.maintenance.uploadpurging.interval.is_zero() {
             bail!("storage.maintenance.uploadpurging.interval: must be greater than zero");
         }
-        let t = &self.http.timeouts;
-        for (key, d) in [("firstbyte", t.firstbyte), ("header", t.header), ("idle", t.idle)] {
-            if d.is_zero() {
-                bail!("http.timeouts.{key}: must be greater than zero");
-            }
-        }
         if self.catalog.maxentries == 0 {
             bail!("catalog.maxentries: must be at least 1");
         }
@@ -231,7 +242,7 @@ impl Config {
         if self.gc.enabled && self.gc.interval.is_zero() {
             bail!("gc.interval: must be greater than zero");
         }
-        self.database.validate(template)?;
+        self.database.validate()?;
         Ok(())
     }
 }

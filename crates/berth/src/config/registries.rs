@@ -48,6 +48,8 @@ const EXCLUSIVE: &[(&str, &[&[&str]])] = &[
     ("auth", &[&["token"], &["htpasswd", "issuer", "external"]]),
     ("database", &[&["path"], &["dsn", "dsn_file", "schema"]]),
 ];
+/// Placeholders other parts fill per request, left alone by substitution.
+const RESERVED_VARS: &[&str] = &["registry", "user", "password", "repository", "namespace", "action"];
 /// The most registries one pattern may make.
 const MAX_INSTANCES: usize = 256;
 
@@ -121,6 +123,9 @@ pub(super) fn build(base: &Value, registries: &Mapping, default: Option<&str>) -
         }
         let used = check_hosts(&at, &hosts, &vars)?;
         for (var, values) in &vars {
+            if RESERVED_VARS.contains(&var.as_str()) {
+                bail!("{at}.vars.{var}: {{{var}}} is a placeholder of access rules and identity calls; name the variable otherwise");
+            }
             if !used.contains(var) {
                 bail!("{at}.vars.{var}: no host pattern captures {{{var}}}");
             }

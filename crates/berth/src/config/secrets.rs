@@ -22,12 +22,14 @@ fn mapping_at<'v>(root: &'v mut Value, path: &str) -> Option<&'v mut serde_yaml_
 }
 
 /// Replaces every `<key>_file` of [`SECRET_KEYS`] by `<key>` with the file's content.
-pub(crate) fn read_secret_files(root: &mut Value) -> Result<()> {
+/// `template`: the top level under `registries`; its files are left to each
+/// registry to read (their `_file` keys are only dropped here).
+pub(crate) fn read_secret_files(root: &mut Value, template: bool) -> Result<()> {
     for key in SECRET_KEYS {
         let Some((parent, leaf)) = key.rsplit_once('.') else { continue };
         let Some(section) = mapping_at(root, parent) else { continue };
         let Some(file) = section.remove(Value::String(format!("{leaf}_file"))) else { continue };
-        if file.is_null() {
+        if file.is_null() || template {
             continue;
         }
         let Some(path) = file.as_str().filter(|p| !p.trim().is_empty()) else {

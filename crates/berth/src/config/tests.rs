@@ -558,6 +558,29 @@ fn registries_share_a_postgres_database_each_in_its_own_schema() {
 }
 
 #[test]
+fn each_registry_reads_its_own_secret_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for c in ["hume", "hahn"] {
+        std::fs::write(dir.path().join(format!("{c}-dsn")), format!("postgres://berth:pw-{c}@db.example.test/{c}\n"))
+            .unwrap();
+    }
+    let yaml = format!(
+        "storage: {{inmemory: {{}}}}\ndatabase: {{driver: postgres, dsn_file: \"{}/{{cluster}}-dsn\"}}\n\
+         registries:\n  yt:\n    hosts: [\"registry.{{cluster}}.example.test\"]\n    vars: {{cluster: [hume, hahn]}}\n",
+        dir.path().display()
+    );
+    let c = load(&yaml, &[]).unwrap();
+    let dsns: Vec<_> = c.units().iter().map(|(_, _, c)| c.database.postgres_dsn().unwrap().to_owned()).collect();
+    assert_eq!(
+        dsns,
+        ["postgres://berth:pw-hume@db.example.test/hume", "postgres://berth:pw-hahn@db.example.test/hahn"]
+    );
+    // A cluster whose file is missing is named.
+    let e = format!("{:#}", load(&yaml.replace("hume, hahn", "hume, freud"), &[]).unwrap_err());
+    assert!(e.contains("registry yt.freud: database.dsn_file: reading"), "{e}");
+}
+
+#[test]
 fn registries_that_cannot_work_are_refused_with_the_key() {
     let cases: &[(&str, &str)] = &[
         ("registries:\n  ci:\n    hosts: [a.example.test]\n    log:\n      level: debug\n", "registries.ci.log: set once for the process, at the top level"),
@@ -572,6 +595,7 @@ fn registries_that_cannot_work_are_refused_with_the_key() {
         ("registries:\n  a:\n    hosts: [a.example.test]\n  b:\n    hosts: [b.example.test]\n", "registries a and b share the store filesystem at"),
         ("registries:\n  a:\n    hosts: [a.example.test]\n    storage: {inmemory: {}}\n    gc: {interval: 0s, enabled: true}\n", "registry a: gc.interval: must be greater than zero"),
         ("registries: [a]\n", "registries: must map names to registries"),
+        ("registries:\n  a:\n    hosts: [\"r.{user}.example.test\"]\n    vars: {user: [x]}\n    storage: {inmemory: {}}\n", "registries.a.vars.user: {user} is a placeholder"),
         (PG_TWO, "share the metadata database postgres postgres://berth:***@db.example.test/berth: give each its own database.path, database.dsn or database.schema"),
         ("database:\n  schema: ci\n", "database.schema: only used with database.driver: postgres"),
         ("database: {driver: postgres, dsn: \"postgres://db.example.test/b\", schema: \"ci;drop\"}\n", "database.schema: \"ci;drop\" is not a schema name"),
@@ -580,4 +604,36 @@ fn registries_that_cannot_work_are_refused_with_the_key() {
         let e = format!("{:#}", load(yaml, &[]).unwrap_err());
         assert!(e.contains(want), "{yaml}\n→ {e}\nwanted {want}");
     }
+}
+
+#[test]
+fn the_configurations_of_docs_registries_md_load() {
+    let doc = include_str!("../../../../docs/registries.md");
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().display().to_string();
+    for name in [
+        "berth-dsn",
+        "s3-hume-access",
+        "s3-hume-secret",
+        "s3-hahn-access",
+        "s3-hahn-secret",
+        "s3-freud-access",
+        "s3-freud-secret",
+    ] {
+        let value = if name == "berth-dsn" { "postgres://berth:pw@db.example.test/berth" } else { "example" };
+        std::fs::write(dir.path().join(name), value).unwrap();
+    }
+    let blocks: Vec<&str> = doc.split("```yaml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    assert!(blocks.len() >= 4, "docs/registries.md shows its layouts");
+    let mut registries = 0;
+    for b in blocks {
+        let yaml = b.replace("/run/secrets", &secrets);
+        // A fragment to add at the top level is checked inside the layout before it.
+        if !yaml.contains("registries:") {
+            continue;
+        }
+        let c = load(&yaml, &[]).unwrap_or_else(|e| panic!("{e:#}\n{yaml}"));
+        registries += c.units().len();
+    }
+    assert_eq!(registries, 2 + 2 + 3 + 2, "ci and cache, the shape, three clusters, the migration");
 }
